@@ -1,0 +1,577 @@
+//! The protocol: acquiring, waiting, running work under a lease.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{AcquireOutcome, AcquireRequest, Backend, LeaseRecord, ReleaseRequest};
+use crate::election::Election;
+use crate::error::{BackendError, Error, InvalidInput};
+use crate::key::LeaseKey;
+use crate::lease::{Lease, LeaseHandle, LeaseState};
+use crate::options::{LockerOptions, RetryPolicy};
+use crate::renewer::Renewer;
+use crate::token::{FencingToken, HolderMetadata, HolderToken};
+
+/// Takes leases on one backend with one set of options. Cheap to clone (clones share the backend,
+/// the options and the renewal task).
+///
+/// ```
+/// use std::time::Duration;
+/// use lease_core::{Locker, MemoryBackend};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lease_core::Error> {
+/// let locker = Locker::builder(MemoryBackend::new())
+///     .ttl(Duration::from_secs(10))
+///     .build()?;
+/// let report = locker
+///     .run_exclusive("nightly-report", |lease| async move {
+///         // ... do the work, passing lease.fencing_token() to the resource ...
+///         lease.fencing_token().get()
+///     })
+///     .await?;
+/// assert_eq!(report, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    inner: Arc<LockerInner>,
+}
+
+pub(crate) struct LockerInner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) options: LockerOptions,
+    pub(crate) metadata: HolderMetadata,
+    pub(crate) renewer: Renewer,
+}
+
+/// Builds a [`Locker`] with options checked against the backend's capabilities.
+///
+/// ```
+/// use std::time::Duration;
+/// use lease_core::{HolderMetadata, Locker, MemoryBackend, RetryPolicy};
+/// let locker = Locker::builder(MemoryBackend::new())
+///     .ttl(Duration::from_secs(20))
+///     .renew_interval(Duration::from_secs(5))
+///     .safety_margin(Duration::from_millis(500))
+///     .retry(RetryPolicy::default().with_max_delay(Duration::from_secs(2)))
+///     .metadata(HolderMetadata::new("billing-worker-3")?)
+///     .build()?;
+/// assert_eq!(locker.options().ttl, Duration::from_secs(20));
+/// assert!(Locker::builder(MemoryBackend::new()).ttl(Duration::ZERO).build().is_err());
+/// # Ok::<(), lease_core::InvalidInput>(())
+/// ```
+#[must_use]
+pub struct LockerBuilder {
+    backend: Arc<dyn Backend>,
+    ttl: Option<Duration>,
+    renew_interval: Option<Duration>,
+    safety_margin: Option<Duration>,
+    max_clock_drift: Option<f64>,
+    retry: Option<RetryPolicy>,
+    metadata: Option<HolderMetadata>,
+}
+
+impl LockerBuilder {
+    /// Sets the TTL of every grant and renewal (default 30 s, clamped into the backend's range).
+    /// The renew interval and safety margin default from it unless set.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets how often held leases are renewed (default `ttl / 3`).
+    pub fn renew_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = Some(interval);
+        self
+    }
+
+    /// Sets the safety margin subtracted from every holder deadline (default `min(ttl / 10, 1 s)`).
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = Some(margin);
+        self
+    }
+
+    /// Sets the assumed bound on clock-rate difference with the store (default 0.001).
+    pub fn max_clock_drift(mut self, drift: f64) -> Self {
+        self.max_clock_drift = Some(drift);
+        self
+    }
+
+    /// Sets the backoff used while waiting and between renewal retries.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Sets the identity stored with every grant (default `hostname pid=N`).
+    pub fn metadata(mut self, metadata: HolderMetadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Checks the options against the backend and builds the locker.
+    ///
+    /// # Errors
+    /// [`InvalidInput`] naming the offending option: a TTL outside the backend's range, a renew
+    /// interval not shorter than the holder window, a margin that leaves no window, a bad retry
+    /// policy.
+    pub fn build(self) -> Result<Locker, InvalidInput> {
+        let caps = self.backend.capabilities();
+        let ttl = self
+            .ttl
+            .unwrap_or_else(|| Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl));
+        let mut options = LockerOptions::for_ttl(ttl);
+        if let Some(v) = self.renew_interval {
+            options.renew_interval = v;
+        }
+        if let Some(v) = self.safety_margin {
+            options.safety_margin = v;
+        }
+        if let Some(v) = self.max_clock_drift {
+            options.max_clock_drift = v;
+        }
+        if let Some(v) = self.retry {
+            options.retry = v;
+        }
+        options.validate(&caps)?;
+        let renewer = Renewer::new(Arc::clone(&self.backend), options.clone());
+        Ok(Locker {
+            inner: Arc::new(LockerInner {
+                backend: self.backend,
+                options,
+                metadata: self.metadata.unwrap_or_else(HolderMetadata::this_process),
+                renewer,
+            }),
+        })
+    }
+}
+
+/// The result of one acquire attempt.
+enum Attempt {
+    Acquired(Lease),
+    Held(Option<Box<LeaseRecord>>),
+}
+
+/// Frees a grant that may have landed although we never learned of it (the acquire future was
+/// dropped mid-request, or the request failed ambiguously and we gave up). Owner-checked by the
+/// holder token, so it can never disturb anyone else.
+struct PendingGrant<'a> {
+    inner: &'a Arc<LockerInner>,
+    key: &'a LeaseKey,
+    holder: HolderToken,
+    armed: bool,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(self.inner);
+        let request = ReleaseRequest::new(self.key.clone(), self.holder);
+        runtime.spawn(async move {
+            let bound = inner.options.ttl;
+            let _ = tokio::time::timeout(bound, inner.backend.release(&request)).await;
+        });
+    }
+}
+
+impl Locker {
+    /// A locker on `backend` with default options (TTL 30 s clamped into the backend's range,
+    /// renewal every TTL/3).
+    pub fn new(backend: impl Backend) -> Self {
+        Self::from_shared(Arc::new(backend))
+    }
+
+    /// A locker with default options on a shared backend (chosen at run time, say).
+    pub fn from_shared(backend: Arc<dyn Backend>) -> Self {
+        let caps = backend.capabilities();
+        let ttl = Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl);
+        let options = LockerOptions::for_ttl(ttl);
+        let renewer = Renewer::new(Arc::clone(&backend), options.clone());
+        Self {
+            inner: Arc::new(LockerInner {
+                backend,
+                options,
+                metadata: HolderMetadata::this_process(),
+                renewer,
+            }),
+        }
+    }
+
+    /// Starts building a locker on `backend` with custom options.
+    pub fn builder(backend: impl Backend) -> LockerBuilder {
+        Self::builder_shared(Arc::new(backend))
+    }
+
+    /// Starts building a locker on a shared backend.
+    pub fn builder_shared(backend: Arc<dyn Backend>) -> LockerBuilder {
+        LockerBuilder {
+            backend,
+            ttl: None,
+            renew_interval: None,
+            safety_margin: None,
+            max_clock_drift: None,
+            retry: None,
+            metadata: None,
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &LockerOptions {
+        &self.inner.options
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The identity stored with this locker's grants.
+    pub fn metadata(&self) -> &HolderMetadata {
+        &self.inner.metadata
+    }
+
+    /// How many leases taken through this locker (or its clones) are being renewed right now.
+    pub fn held_count(&self) -> usize {
+        self.inner.renewer.len()
+    }
+
+    /// Tries once to take `key`; `Ok(None)` if someone else holds it.
+    ///
+    /// A failure whose outcome is unknown (a timeout, a dropped connection) is resolved by reading
+    /// the record back: if our holder token is there, the lease is ours.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad key, [`Error::Backend`] when the store failed.
+    pub async fn try_acquire(&self, key: impl AsRef<str>) -> Result<Option<Lease>, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        let mut pending = self.pending(&key);
+        match self.attempt(&key, pending.holder).await {
+            Ok(Attempt::Acquired(lease)) => {
+                pending.armed = false;
+                Ok(Some(lease))
+            }
+            Ok(Attempt::Held(_)) => {
+                pending.armed = false;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes `key`, waiting as long as it takes. Cancel by dropping the future (a grant that lands
+    /// meanwhile is released in the background).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad key; [`Error::Backend`] for a fatal backend failure
+    /// (transient ones are retried with backoff).
+    pub async fn acquire(&self, key: impl AsRef<str>) -> Result<Lease, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        self.wait_for(&key, None).await
+    }
+
+    /// Takes `key`, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] (with the last holder seen) when the time runs out; otherwise as
+    /// [`Locker::acquire`].
+    pub async fn acquire_timeout(
+        &self,
+        key: impl AsRef<str>,
+        timeout: Duration,
+    ) -> Result<Lease, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        let started = Instant::now();
+        let mut last_seen = None;
+        match tokio::time::timeout(timeout, self.wait_for(&key, Some(&mut last_seen))).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                key,
+                waited: started.elapsed(),
+                holder: last_seen,
+            }),
+        }
+    }
+
+    /// Takes `key`, waiting until it is free or `cancel` is cancelled.
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] when `cancel` fires first; otherwise as [`Locker::acquire`].
+    pub async fn acquire_cancellable(
+        &self,
+        key: impl AsRef<str>,
+        cancel: &CancellationToken,
+    ) -> Result<Lease, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Error::Cancelled { key }),
+            result = self.wait_for(&key, None) => result,
+        }
+    }
+
+    /// Waits for `key`, runs `work` while holding it, and releases it.
+    ///
+    /// If the lease is lost while `work` runs, `work` is dropped (cancelled at its next await point)
+    /// and [`Error::Lost`] is returned, so the caller knows the work did not finish under the lease.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] as above; otherwise as [`Locker::acquire`].
+    pub async fn run_exclusive<F, Fut, T>(&self, key: impl AsRef<str>, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(LeaseHandle) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let lease = self.acquire(key).await?;
+        let lost = lease.lost();
+        let work = work(lease.handle());
+        tokio::select! {
+            biased;
+            reason = lost => Err(Error::Lost {
+                key: lease.key().clone(),
+                fencing: lease.fencing_token(),
+                reason,
+            }),
+            output = work => {
+                if !lease.is_held() {
+                    // Finished, but not provably within the lease: report it as lost.
+                    let (key, fencing) = (lease.key().clone(), lease.fencing_token());
+                    return match lease.release().await {
+                        Err(Error::Lost { reason, .. }) => Err(Error::Lost { key, fencing, reason }),
+                        _ => Err(Error::Lost { key, fencing, reason: crate::LostReason::DeadlineExpired }),
+                    };
+                }
+                if let Err(e) = lease.release().await {
+                    // The work finished under the lease; a failed release only delays the next
+                    // holder until the TTL runs out.
+                    tracing::warn!(error = %e, "release after exclusive work failed");
+                }
+                Ok(output)
+            }
+        }
+    }
+
+    /// Reads the record of `key` without acquiring it: holder metadata, fencing token, timing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad key, [`Error::Backend`] when the store failed or the record
+    /// is unreadable.
+    pub async fn inspect(&self, key: impl AsRef<str>) -> Result<Option<LeaseRecord>, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        let bound = self.inner.options.ttl;
+        let backend = &*self.inner.backend;
+        Ok(traced(
+            backend,
+            "inspect",
+            &key,
+            tokio::time::timeout(bound, backend.inspect(&key)),
+        )
+        .await?)
+    }
+
+    /// Administrative force-release of `key`, whoever holds it. Returns the record as it was.
+    ///
+    /// The holder learns of it at its next renewal; until then only fencing tokens protect the
+    /// resource. Use it to clear a holder known to be dead, not as a way to take a lease.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] with kind `Unsupported` if the backend cannot break leases.
+    pub async fn break_lease(&self, key: impl AsRef<str>) -> Result<Option<LeaseRecord>, Error> {
+        let key = LeaseKey::new(key.as_ref())?;
+        let bound = self.inner.options.ttl;
+        let backend = &*self.inner.backend;
+        Ok(traced(
+            backend,
+            "break",
+            &key,
+            tokio::time::timeout(bound, backend.break_lease(&key)),
+        )
+        .await?)
+    }
+
+    /// A leader election on `key` among all lockers using it.
+    ///
+    /// # Errors
+    /// [`InvalidInput`] for a bad key.
+    pub fn election(&self, key: impl AsRef<str>) -> Result<Election, InvalidInput> {
+        Election::new(self.clone(), LeaseKey::new(key.as_ref())?)
+    }
+
+    fn pending<'a>(&'a self, key: &'a LeaseKey) -> PendingGrant<'a> {
+        PendingGrant {
+            inner: &self.inner,
+            key,
+            holder: HolderToken::generate(),
+            armed: true,
+        }
+    }
+
+    /// Polls (or waits for change notifications) until `key` is ours. Transient failures are
+    /// retried with backoff; fatal ones are returned.
+    pub(crate) async fn wait_for(
+        &self,
+        key: &LeaseKey,
+        mut last_seen: Option<&mut Option<Box<LeaseRecord>>>,
+    ) -> Result<Lease, Error> {
+        // One holder token for every attempt: a grant that landed unseen is found again by the
+        // next attempt (acquire is idempotent per holder token).
+        let mut pending = self.pending(key);
+        let mut delays = self.inner.options.retry.delays();
+        loop {
+            pending.armed = true;
+            let delay = delays.next().unwrap_or(self.inner.options.retry.max_delay);
+            match self.attempt(key, pending.holder).await {
+                Ok(Attempt::Acquired(lease)) => {
+                    pending.armed = false;
+                    return Ok(lease);
+                }
+                Ok(Attempt::Held(record)) => {
+                    pending.armed = false;
+                    // Wake up early when the holder's expiry is due before the next poll.
+                    let wait = record
+                        .as_ref()
+                        .and_then(|r| r.expires_in)
+                        .map_or(delay, |left| delay.min(left + Duration::from_millis(5)));
+                    if let Some(seen) = last_seen.as_deref_mut() {
+                        *seen = record;
+                    }
+                    let backend = &*self.inner.backend;
+                    if let Err(e) = backend.wait_for_change(key, wait).await {
+                        tracing::debug!(key = %key, error = %e, "wait for change failed; polling");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Err(Error::Backend(e)) if e.is_transient() => {
+                    tracing::warn!(key = %key, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "acquire failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One acquire attempt with holder token `holder`, resolving unknown outcomes by reading back.
+    async fn attempt(&self, key: &LeaseKey, holder: HolderToken) -> Result<Attempt, Error> {
+        let inner = &self.inner;
+        let backend = &*inner.backend;
+        let request = AcquireRequest::new(
+            key.clone(),
+            holder,
+            inner.options.ttl,
+            inner.metadata.clone(),
+        );
+        // A grant is useless once its holder window has passed, so no call waits longer.
+        let bound = inner.options.holder_window(inner.options.ttl);
+        let sent = Instant::now();
+        let result = traced(
+            backend,
+            "acquire",
+            key,
+            tokio::time::timeout(bound, backend.acquire(&request)),
+        )
+        .await;
+        match result {
+            Ok(AcquireOutcome::Acquired(grant)) => {
+                self.grant(key, holder, grant.fencing, grant.ttl, sent).await
+            }
+            Ok(AcquireOutcome::Held(Some(record))) if record.is_held_by(&holder) => {
+                let ttl = record.ttl.unwrap_or(inner.options.ttl);
+                self.grant(key, holder, record.fencing, ttl, sent).await
+            }
+            Ok(AcquireOutcome::Held(record)) => Ok(Attempt::Held(record)),
+            Err(e) if e.is_transient() => {
+                // Unknown outcome: did our write land? Read it back.
+                let remaining = (sent + bound).saturating_duration_since(Instant::now());
+                let read = traced(
+                    backend,
+                    "inspect",
+                    key,
+                    tokio::time::timeout(remaining, backend.inspect(key)),
+                )
+                .await;
+                match read {
+                    Ok(Some(record)) if record.is_held_by(&holder) => {
+                        tracing::info!(key = %key, "acquire outcome was unknown; read back: it landed");
+                        let ttl = record.ttl.unwrap_or(inner.options.ttl);
+                        self.grant(key, holder, record.fencing, ttl, sent).await
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Turns a confirmed grant into a held, renewed [`Lease`].
+    async fn grant(
+        &self,
+        key: &LeaseKey,
+        holder: HolderToken,
+        fencing: FencingToken,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Result<Attempt, Error> {
+        let deadline = sent + self.inner.options.holder_window(ttl);
+        if deadline <= Instant::now() {
+            // The answer came too late to be safe to act on; give the grant back.
+            let request = ReleaseRequest::new(key.clone(), holder);
+            let backend = &*self.inner.backend;
+            let _ = tokio::time::timeout(self.inner.options.ttl, backend.release(&request)).await;
+            return Err(BackendError::transient(
+                backend.name(),
+                "the grant arrived after its holder deadline",
+            )
+            .into());
+        }
+        let state = Arc::new(LeaseState::new(key.clone(), holder, fencing, deadline));
+        let id = self.inner.renewer.add(Arc::clone(&state), sent);
+        Ok(Attempt::Acquired(Lease::new(
+            state,
+            Arc::clone(&self.inner),
+            id,
+        )))
+    }
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locker")
+            .field("backend", &self.inner.backend)
+            .field("options", &self.inner.options)
+            .field("metadata", &self.inner.metadata)
+            .finish()
+    }
+}
+
+/// Runs one backend call with a timeout, logging backend, operation, key, outcome and latency.
+/// A timeout becomes a transient error (its outcome is unknown).
+pub(crate) async fn traced<T: fmt::Debug>(
+    backend: &dyn Backend,
+    op: &'static str,
+    key: &LeaseKey,
+    call: impl Future<Output = Result<Result<T, BackendError>, tokio::time::error::Elapsed>>,
+) -> Result<T, BackendError> {
+    let started = std::time::Instant::now();
+    let result = match call.await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::transient(
+            backend.name(),
+            format!("{op} timed out; outcome unknown"),
+        )),
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    match &result {
+        Ok(outcome) => tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, ?outcome, "backend call"),
+        Err(error) => tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, %error, "backend call failed"),
+    }
+    result
+}

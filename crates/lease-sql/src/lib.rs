@@ -1,0 +1,3 @@
+//! SQL lease backends for [`lease_core`] (placeholder: see issue "lease-sql").
+
+pub use lease_core::*;
