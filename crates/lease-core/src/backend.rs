@@ -105,7 +105,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The default sleeps for `max_wait` (plain polling). Backends with change notifications
     /// (PostgreSQL `LISTEN/NOTIFY`, [`MemoryBackend`](crate::MemoryBackend)) override it and set
     /// [`Capabilities::notifies_waiters`].
-    async fn wait_for_change(&self, key: &LeaseKey, max_wait: Duration) -> Result<(), BackendError> {
+    async fn wait_for_change(
+        &self,
+        key: &LeaseKey,
+        max_wait: Duration,
+    ) -> Result<(), BackendError> {
         let _ = key;
         tokio::time::sleep(max_wait).await;
         Ok(())
@@ -227,7 +231,12 @@ pub struct AcquireRequest {
 
 impl AcquireRequest {
     /// A request for `key` by `holder` for `ttl`.
-    pub fn new(key: LeaseKey, holder: HolderToken, ttl: Duration, metadata: HolderMetadata) -> Self {
+    pub fn new(
+        key: LeaseKey,
+        holder: HolderToken,
+        ttl: Duration,
+        metadata: HolderMetadata,
+    ) -> Self {
         Self {
             key,
             holder,

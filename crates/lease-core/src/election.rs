@@ -71,7 +71,11 @@ impl Election {
     /// # Errors
     /// As [`Locker::inspect`].
     pub async fn leader(&self) -> Result<Option<LeaseRecord>, Error> {
-        Ok(self.locker.inspect(&self.key).await?.filter(LeaseRecord::is_held))
+        Ok(self
+            .locker
+            .inspect(&self.key)
+            .await?
+            .filter(LeaseRecord::is_held))
     }
 
     /// A stream of leader changes: the current leader (or `None`) at once, then an item each time
@@ -96,7 +100,11 @@ impl Election {
             loop {
                 if !state.first {
                     let backend = state.election.locker.backend();
-                    if backend.wait_for_change(&state.election.key, poll).await.is_err() {
+                    if backend
+                        .wait_for_change(&state.election.key, poll)
+                        .await
+                        .is_err()
+                    {
                         tokio::time::sleep(poll).await;
                     }
                 }
@@ -158,6 +166,8 @@ impl Leadership {
 
 impl fmt::Debug for Leadership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Leadership").field("lease", &self.lease).finish()
+        f.debug_struct("Leadership")
+            .field("lease", &self.lease)
+            .finish()
     }
 }

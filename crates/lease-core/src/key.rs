@@ -114,7 +114,12 @@ mod tests {
 
     #[test]
     fn accepts_documented_characters() {
-        for ok in ["a", "jobs/nightly", "tenant:42@eu-west_1.v2", &"k".repeat(200)] {
+        for ok in [
+            "a",
+            "jobs/nightly",
+            "tenant:42@eu-west_1.v2",
+            &"k".repeat(200),
+        ] {
             assert_eq!(LeaseKey::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -135,6 +140,11 @@ mod tests {
             assert_eq!(err.field(), "key");
             assert!(err.to_string().contains(needle), "{bad:?}: {err}");
         }
-        assert!(LeaseKey::new("k".repeat(201)).unwrap_err().to_string().contains("201"));
+        assert!(
+            LeaseKey::new("k".repeat(201))
+                .unwrap_err()
+                .to_string()
+                .contains("201")
+        );
     }
 }

@@ -481,7 +481,8 @@ impl Locker {
         .await;
         match result {
             Ok(AcquireOutcome::Acquired(grant)) => {
-                self.grant(key, holder, grant.fencing, grant.ttl, sent).await
+                self.grant(key, holder, grant.fencing, grant.ttl, sent)
+                    .await
             }
             Ok(AcquireOutcome::Held(Some(record))) if record.is_held_by(&holder) => {
                 let ttl = record.ttl.unwrap_or(inner.options.ttl);
@@ -570,8 +571,12 @@ pub(crate) async fn traced<T: fmt::Debug>(
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     match &result {
-        Ok(outcome) => tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, ?outcome, "backend call"),
-        Err(error) => tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, %error, "backend call failed"),
+        Ok(outcome) => {
+            tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, ?outcome, "backend call")
+        }
+        Err(error) => {
+            tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, %error, "backend call failed")
+        }
     }
     result
 }

@@ -230,7 +230,11 @@ impl Backend for MemoryBackend {
         Ok(Some(before))
     }
 
-    async fn wait_for_change(&self, key: &LeaseKey, max_wait: Duration) -> Result<(), BackendError> {
+    async fn wait_for_change(
+        &self,
+        key: &LeaseKey,
+        max_wait: Duration,
+    ) -> Result<(), BackendError> {
         let changed = {
             let mut slots = self.slots();
             let slot = slots.entry(key.clone()).or_insert_with(Slot::new);

@@ -149,7 +149,11 @@ impl HolderMetadata {
         if value.len() > Self::MAX_LEN {
             return Err(InvalidInput::new(
                 "holder metadata",
-                format!("is {} bytes long; at most {} are allowed", value.len(), Self::MAX_LEN),
+                format!(
+                    "is {} bytes long; at most {} are allowed",
+                    value.len(),
+                    Self::MAX_LEN
+                ),
             ));
         }
         if value.chars().any(char::is_control) {
@@ -209,7 +213,8 @@ mod tests {
 
     #[test]
     fn holder_tokens_are_unique_and_round_trip() {
-        let tokens: std::collections::HashSet<_> = (0..1000).map(|_| HolderToken::generate()).collect();
+        let tokens: std::collections::HashSet<_> =
+            (0..1000).map(|_| HolderToken::generate()).collect();
         assert_eq!(tokens.len(), 1000);
         for t in tokens.iter().take(10) {
             assert_eq!(t.to_string().len(), 32);

@@ -1,0 +1,880 @@
+//! The conformance cases. Each returns `Err(description)` when the backend breaks a rule.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, sleep};
+
+use super::{CaseResult, Harness, Op};
+use crate::backend::{
+    AcquireOutcome, AcquireRequest, LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest,
+    RenewOutcome, RenewRequest,
+};
+use crate::error::{Error, ErrorKind, LostReason};
+use crate::key::LeaseKey;
+use crate::locker::Locker;
+use crate::token::{FencingToken, HolderMetadata, HolderToken};
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn fail<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+async fn try_acquire(locker: &Locker, key: &LeaseKey) -> Result<Option<crate::Lease>, String> {
+    locker.try_acquire(key).await.map_err(fail("try_acquire"))
+}
+
+async fn must_acquire(locker: &Locker, key: &LeaseKey) -> Result<crate::Lease, String> {
+    try_acquire(locker, key)
+        .await?
+        .ok_or_else(|| format!("{key} should be free but try_acquire returned None"))
+}
+
+async fn raw_acquire(
+    h: &Harness,
+    key: &LeaseKey,
+    holder: HolderToken,
+) -> Result<AcquireOutcome, String> {
+    let meta = HolderMetadata::from_stored_lossy("raw");
+    let request = AcquireRequest::new(key.clone(), holder, h.ttl(), meta);
+    h.backend()
+        .acquire(&request)
+        .await
+        .map_err(fail("backend acquire"))
+}
+
+async fn raw_grant(
+    h: &Harness,
+    key: &LeaseKey,
+    holder: HolderToken,
+) -> Result<FencingToken, String> {
+    match raw_acquire(h, key, holder).await? {
+        AcquireOutcome::Acquired(grant) => Ok(grant.fencing),
+        AcquireOutcome::Held(r) => Err(format!("{key} should be free but is held: {r:?}")),
+    }
+}
+
+async fn raw_renew(
+    h: &Harness,
+    key: &LeaseKey,
+    holder: HolderToken,
+) -> Result<RenewOutcome, String> {
+    let request = RenewRequest::new(key.clone(), holder, h.ttl());
+    h.backend()
+        .renew(&request)
+        .await
+        .map_err(fail("backend renew"))
+}
+
+async fn raw_release(
+    h: &Harness,
+    key: &LeaseKey,
+    holder: HolderToken,
+) -> Result<ReleaseOutcome, String> {
+    h.backend()
+        .release(&ReleaseRequest::new(key.clone(), holder))
+        .await
+        .map_err(fail("backend release"))
+}
+
+async fn inspect(h: &Harness, key: &LeaseKey) -> Result<Option<LeaseRecord>, String> {
+    h.backend().inspect(key).await.map_err(fail("inspect"))
+}
+
+/// Waits until `key` can be acquired by `holder` through the raw backend, polling; returns the
+/// token and when it was granted.
+async fn poll_grant(
+    h: &Harness,
+    key: &LeaseKey,
+    holder: HolderToken,
+    give_up: Duration,
+) -> Result<(FencingToken, Instant), String> {
+    let started = Instant::now();
+    loop {
+        if let AcquireOutcome::Acquired(grant) = raw_acquire(h, key, holder).await? {
+            return Ok((grant.fencing, Instant::now()));
+        }
+        ensure!(
+            started.elapsed() < give_up,
+            "{key} was not taken over within {give_up:?}"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn takeover_limit(h: &Harness) -> Duration {
+    // TTL, plus the store's granularity, plus scheduling slack on a loaded machine.
+    let caps = h.backend().capabilities();
+    let ttl = match caps.clock {
+        crate::ClockModel::ObservedExpiry => h.ttl() * 2,
+        _ => h.ttl(),
+    };
+    ttl + caps.takeover_tolerance + Duration::from_secs(2).max(h.ttl() / 2)
+}
+
+pub(super) async fn acquire_free_key(h: &Harness) -> CaseResult {
+    let key = h.key("acquire-free");
+    let locker = h.locker();
+    let sent = Instant::now();
+    let lease = must_acquire(&locker, &key).await?;
+    ensure!(
+        lease.fencing_token() >= FencingToken::new(1),
+        "first fencing token is {}",
+        lease.fencing_token()
+    );
+    ensure!(lease.is_held(), "a fresh lease is not held");
+    ensure!(lease.deadline() > Instant::now(), "deadline already passed");
+    ensure!(
+        lease.deadline() <= sent + h.ttl(),
+        "deadline {:?} is later than send time + TTL",
+        lease.deadline() - sent
+    );
+    let record = inspect(h, &key).await?.ok_or("no record for a held key")?;
+    ensure!(
+        record.is_held_by(&lease.holder_token()),
+        "record is not held by the lease: {record:?}"
+    );
+    ensure!(
+        record.fencing == lease.fencing_token(),
+        "record token {} != lease token {}",
+        record.fencing,
+        lease.fencing_token()
+    );
+    lease.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn held_key_reports_holder(h: &Harness) -> CaseResult {
+    let key = h.key("held");
+    let a = h.locker_on(Arc::clone(h.backend()), "holder-a");
+    let b = h.locker_on(Arc::clone(h.backend()), "holder-b");
+    let lease = must_acquire(&a, &key).await?;
+    ensure!(
+        try_acquire(&b, &key).await?.is_none(),
+        "a second holder was granted a held key"
+    );
+    match raw_acquire(h, &key, HolderToken::generate()).await? {
+        AcquireOutcome::Acquired(g) => {
+            return Err(format!("raw acquire of a held key succeeded: {g:?}"));
+        }
+        AcquireOutcome::Held(Some(record)) => {
+            ensure!(
+                record.is_held_by(&lease.holder_token()),
+                "Held names the wrong holder: {record:?}"
+            );
+            ensure!(
+                record.fencing == lease.fencing_token(),
+                "Held reports token {} not {}",
+                record.fencing,
+                lease.fencing_token()
+            );
+            if let Some(meta) = &record.metadata {
+                ensure!(
+                    meta.as_str() == "holder-a",
+                    "Held reports metadata {meta:?}, expected holder-a"
+                );
+            }
+        }
+        AcquireOutcome::Held(None) => {}
+    }
+    match b.acquire_timeout(&key, h.ttl() / 4).await {
+        Err(Error::Timeout { .. }) => {}
+        other => {
+            return Err(format!(
+                "acquire_timeout on a held key gave {other:?}, expected Timeout"
+            ));
+        }
+    }
+    ensure!(
+        lease.is_held(),
+        "the holder lost its lease while others tried"
+    );
+    lease.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn release_lets_next_in_with_higher_token(h: &Harness) -> CaseResult {
+    let key = h.key("release");
+    let a = h.locker();
+    let b = h.locker();
+    let first = must_acquire(&a, &key).await?;
+    let first_token = first.fencing_token();
+    first.release().await.map_err(fail("release"))?;
+    let started = Instant::now();
+    let second = must_acquire(&b, &key).await?;
+    ensure!(
+        started.elapsed() < h.ttl() / 2,
+        "the key was not free right after release"
+    );
+    ensure!(
+        second.fencing_token() > first_token,
+        "token {} after release is not above {first_token}",
+        second.fencing_token()
+    );
+    second.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn renew_extends_the_grant(h: &Harness) -> CaseResult {
+    let key = h.key("renew-raw");
+    let holder = HolderToken::generate();
+    raw_grant(h, &key, holder).await?;
+    sleep(h.ttl().mul_f64(0.6)).await;
+    ensure!(
+        raw_renew(h, &key, holder).await? != RenewOutcome::NotHeld,
+        "renewal of a live grant was refused"
+    );
+    sleep(h.ttl().mul_f64(0.6)).await;
+    // 1.2 TTL after the grant, but only 0.6 TTL after the renewal: still held.
+    if let AcquireOutcome::Acquired(g) = raw_acquire(h, &key, HolderToken::generate()).await? {
+        return Err(format!(
+            "renewed grant was taken over before its new expiry: {g:?}"
+        ));
+    }
+    raw_release(h, &key, holder).await?;
+
+    let key = h.key("renew-background");
+    let locker = h.locker();
+    let lease = must_acquire(&locker, &key).await?;
+    let first_deadline = lease.deadline();
+    sleep(h.ttl() * 2).await;
+    ensure!(
+        lease.is_held(),
+        "background renewal did not keep the lease held for 2 TTLs"
+    );
+    ensure!(
+        lease.deadline() > first_deadline,
+        "the deadline did not move forward"
+    );
+    ensure!(
+        try_acquire(&h.locker(), &key).await?.is_none(),
+        "another holder got a renewed key"
+    );
+    lease.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn stale_grant_cannot_renew_or_release(h: &Harness) -> CaseResult {
+    let key = h.key("stale");
+    let old = HolderToken::generate();
+    let old_token = raw_grant(h, &key, old).await?;
+    // A stranger's token is refused while the grant is live.
+    let stranger = HolderToken::generate();
+    ensure!(
+        raw_renew(h, &key, stranger).await? == RenewOutcome::NotHeld,
+        "a foreign holder token renewed a grant"
+    );
+    ensure!(
+        raw_release(h, &key, stranger).await? == ReleaseOutcome::NotHeld,
+        "a foreign holder token released a grant"
+    );
+    let record = inspect(h, &key).await?.ok_or("record vanished")?;
+    ensure!(
+        record.is_held_by(&old),
+        "a foreign release disturbed the holder: {record:?}"
+    );
+    // Let the old grant expire and a new holder take over.
+    let new = HolderToken::generate();
+    let (new_token, _) = poll_grant(h, &key, new, takeover_limit(h)).await?;
+    ensure!(
+        new_token > old_token,
+        "takeover token {new_token} is not above {old_token}"
+    );
+    ensure!(
+        raw_renew(h, &key, old).await? == RenewOutcome::NotHeld,
+        "the stale holder renewed after takeover"
+    );
+    ensure!(
+        raw_release(h, &key, old).await? == ReleaseOutcome::NotHeld,
+        "the stale holder released after takeover"
+    );
+    let record = inspect(h, &key).await?.ok_or("record vanished")?;
+    ensure!(
+        record.is_held_by(&new),
+        "the stale holder disturbed the new one: {record:?}"
+    );
+    ensure!(
+        record.fencing == new_token,
+        "fencing changed to {} under the new holder",
+        record.fencing
+    );
+    ensure!(
+        raw_renew(h, &key, new).await? != RenewOutcome::NotHeld,
+        "the new holder cannot renew"
+    );
+    raw_release(h, &key, new).await?;
+    Ok(())
+}
+
+pub(super) async fn reacquire_by_same_holder_is_idempotent(h: &Harness) -> CaseResult {
+    let key = h.key("idempotent");
+    let holder = HolderToken::generate();
+    let first = raw_grant(h, &key, holder).await?;
+    let again = raw_grant(h, &key, holder)
+        .await
+        .map_err(|e| format!("re-acquire with the same holder token was refused: {e}"))?;
+    ensure!(
+        again == first,
+        "re-acquire minted token {again}, expected the same {first}"
+    );
+    raw_release(h, &key, holder).await?;
+    Ok(())
+}
+
+pub(super) async fn stopped_holder_is_taken_over_after_ttl(h: &Harness) -> CaseResult {
+    let key = h.key("takeover");
+    let locker = h.locker();
+    let sent = Instant::now();
+    let first = raw_grant(h, &key, HolderToken::generate()).await?;
+    // The holder stops here (crashed: no renewal, no release).
+    let (second, granted_at) =
+        poll_grant(h, &key, HolderToken::generate(), takeover_limit(h)).await?;
+    let earliest_allowed = locker.options().holder_window(h.ttl());
+    ensure!(
+        granted_at - sent >= earliest_allowed,
+        "taken over after {:?}, before the old holder's deadline {earliest_allowed:?}",
+        granted_at - sent
+    );
+    ensure!(
+        second > first,
+        "takeover token {second} is not above {first}"
+    );
+    Ok(())
+}
+
+pub(super) async fn lost_acquire_response_is_resolved(h: &Harness) -> CaseResult {
+    let key = h.key("lost-acquire");
+    let faulty = h.faulty();
+    let locker = h.locker_on(Arc::new(faulty.clone()), "faulty");
+    faulty.lose_next_response(Op::Acquire, 1);
+    let lease = try_acquire(&locker, &key)
+        .await?
+        .ok_or("an acquire that landed was reported as not acquired")?;
+    ensure!(
+        faulty.calls(Op::Acquire) == 1,
+        "expected exactly one acquire request, saw {}",
+        faulty.calls(Op::Acquire)
+    );
+    let record = inspect(h, &key).await?.ok_or("no record")?;
+    ensure!(
+        record.is_held_by(&lease.holder_token()),
+        "the resolved lease is not the stored holder"
+    );
+    ensure!(
+        record.fencing == lease.fencing_token(),
+        "resolved token {} != stored {}",
+        lease.fencing_token(),
+        record.fencing
+    );
+    ensure!(
+        try_acquire(&h.locker(), &key).await?.is_none(),
+        "the key is free although the resolved lease holds it"
+    );
+
+    // Through a waiting acquire too: the failure is retried with the same holder token.
+    let key = h.key("lost-acquire-wait");
+    faulty.lose_next_response(Op::Acquire, 1);
+    faulty.fail_next(Op::Inspect, 1);
+    let lease2 = tokio::time::timeout(h.ttl() * 3, locker.acquire(&key))
+        .await
+        .map_err(|_| "acquire did not resolve a lost response within 3 TTLs".to_owned())?
+        .map_err(fail("acquire"))?;
+    let record = inspect(h, &key).await?.ok_or("no record")?;
+    ensure!(
+        record.is_held_by(&lease2.holder_token()),
+        "waiting acquire holds a different grant than stored"
+    );
+    lease.release().await.map_err(fail("release"))?;
+    lease2.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn lost_renew_response_is_tolerated(h: &Harness) -> CaseResult {
+    let key = h.key("lost-renew");
+    let faulty = h.faulty();
+    let locker = h.locker_on(Arc::new(faulty.clone()), "faulty");
+    let lease = must_acquire(&locker, &key).await?;
+    faulty.lose_next_response(Op::Renew, 1);
+    faulty.fail_next(Op::Renew, 1);
+    sleep(h.ttl() * 2).await;
+    ensure!(
+        lease.is_held(),
+        "a lost renewal response (then one failure) lost the lease"
+    );
+    ensure!(
+        faulty.calls(Op::Renew) >= 3,
+        "renewal was not retried ({} calls)",
+        faulty.calls(Op::Renew)
+    );
+    ensure!(
+        try_acquire(&h.locker(), &key).await?.is_none(),
+        "the key is free although renewed"
+    );
+    lease.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn lost_release_response_is_resolved(h: &Harness) -> CaseResult {
+    let key = h.key("lost-release");
+    let faulty = h.faulty();
+    let locker = h.locker_on(Arc::new(faulty.clone()), "faulty");
+    let lease = must_acquire(&locker, &key).await?;
+    let token = lease.fencing_token();
+    faulty.lose_next_response(Op::Release, 1);
+    lease
+        .release()
+        .await
+        .map_err(fail("release with a lost response"))?;
+    let next = try_acquire(&h.locker(), &key)
+        .await?
+        .ok_or("the key is still held after a release whose response was lost")?;
+    ensure!(
+        next.fencing_token() > token,
+        "token did not rise after release"
+    );
+    next.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn fencing_never_resets(h: &Harness) -> CaseResult {
+    let key = h.key("fencing");
+    let locker = h.locker();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let lease = must_acquire(&locker, &key).await?;
+        tokens.push(lease.fencing_token());
+        lease.release().await.map_err(fail("release"))?;
+        let record = inspect(h, &key)
+            .await?
+            .ok_or("release deleted the record (and its counter)")?;
+        ensure!(
+            record.fencing == *tokens.last().unwrap_or(&FencingToken::new(0)),
+            "release changed the counter to {}",
+            record.fencing
+        );
+        ensure!(!record.is_held(), "released record still held: {record:?}");
+    }
+    // Expiry and takeover.
+    tokens.push(raw_grant(h, &key, HolderToken::generate()).await?);
+    let (t, _) = poll_grant(h, &key, HolderToken::generate(), takeover_limit(h)).await?;
+    tokens.push(t);
+    if h.backend().capabilities().can_break {
+        h.backend().break_lease(&key).await.map_err(fail("break"))?;
+        tokens.push(raw_grant(h, &key, HolderToken::generate()).await?);
+    }
+    ensure!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens did not strictly rise: {tokens:?}"
+    );
+    Ok(())
+}
+
+pub(super) async fn contenders_never_overlap(h: &Harness) -> CaseResult {
+    const CONTENDERS: usize = 4;
+    const ROUNDS: usize = 4;
+    let key = h.key("contenders");
+    let inside = Arc::new(AtomicU64::new(0));
+    let sections = Arc::new(std::sync::Mutex::new(
+        Vec::<(FencingToken, Instant, Instant)>::new(),
+    ));
+    let mut tasks = Vec::new();
+    for c in 0..CONTENDERS {
+        let locker = h.locker_on(Arc::clone(h.backend()), &format!("contender-{c}"));
+        let key = key.clone();
+        let inside = Arc::clone(&inside);
+        let sections = Arc::clone(&sections);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let inside = Arc::clone(&inside);
+                let sections = Arc::clone(&sections);
+                locker
+                    .run_exclusive(&key, |lease| async move {
+                        let entered = Instant::now();
+                        let others = inside.fetch_add(1, Ordering::SeqCst);
+                        sleep(Duration::from_millis(5)).await;
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        sections.lock().unwrap_or_else(|e| e.into_inner()).push((
+                            lease.fencing_token(),
+                            entered,
+                            Instant::now(),
+                        ));
+                        others
+                    })
+                    .await
+                    .map_err(fail("run_exclusive"))
+                    .and_then(|others| {
+                        if others == 0 {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "{others} other holder(s) inside the critical section"
+                            ))
+                        }
+                    })?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let limit = h.ttl() * (CONTENDERS * ROUNDS) as u32 + Duration::from_secs(30);
+    for task in tasks {
+        tokio::time::timeout(limit, task)
+            .await
+            .map_err(|_| "contenders did not finish in time".to_owned())?
+            .map_err(fail("contender task"))??;
+    }
+    let mut sections = std::mem::take(&mut *sections.lock().unwrap_or_else(|e| e.into_inner()));
+    ensure!(
+        sections.len() == CONTENDERS * ROUNDS,
+        "{} critical sections ran, expected {}",
+        sections.len(),
+        CONTENDERS * ROUNDS
+    );
+    sections.sort_by_key(|s| s.1);
+    for pair in sections.windows(2) {
+        ensure!(
+            pair[0].2 <= pair[1].1,
+            "critical sections overlap: {pair:?}"
+        );
+        ensure!(
+            pair[0].0 < pair[1].0,
+            "tokens did not rise in entry order: {} then {}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn lost_signal_fires_before_next_grant(h: &Harness) -> CaseResult {
+    let key = h.key("lost-signal");
+    let faulty = h.faulty();
+    let cut_off = h.locker_on(Arc::new(faulty.clone()), "cut-off");
+    let lease = must_acquire(&cut_off, &key).await?;
+    let token = lease.cancellation_token();
+    let lost = lease.lost();
+    faulty.drop_renewals(true);
+    let next = tokio::time::timeout(takeover_limit(h), h.locker().acquire(&key))
+        .await
+        .map_err(|_| "nobody took over the cut-off holder's key".to_owned())?
+        .map_err(fail("acquire"))?;
+    // At the moment the new grant exists, the old holder must already know it lost.
+    ensure!(
+        !lease.is_held(),
+        "the cut-off holder still believes it holds the key after a new grant"
+    );
+    ensure!(
+        token.is_cancelled(),
+        "the cut-off holder's cancellation token was not cancelled before the new grant"
+    );
+    let reason = tokio::time::timeout(Duration::from_millis(1), lost)
+        .await
+        .map_err(|_| "lost() had not resolved".to_owned())?;
+    ensure!(
+        reason == LostReason::DeadlineExpired,
+        "lost reason {reason:?}"
+    );
+    ensure!(
+        next.fencing_token() > lease.fencing_token(),
+        "new token is not higher"
+    );
+    match lease.release().await {
+        Err(Error::Lost { .. }) => {}
+        other => {
+            return Err(format!(
+                "release of a lost lease gave {other:?}, expected Lost"
+            ));
+        }
+    }
+    next.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn inspect_reports_holder(h: &Harness) -> CaseResult {
+    let key = h.key("inspect");
+    match inspect(h, &key).await? {
+        None => {}
+        Some(r) => ensure!(!r.is_held(), "a never-used key is reported held: {r:?}"),
+    }
+    let locker = h.locker_on(Arc::clone(h.backend()), "inspected-holder");
+    let lease = must_acquire(&locker, &key).await?;
+    let record = locker
+        .inspect(&key)
+        .await
+        .map_err(fail("inspect"))?
+        .ok_or("no record for a held key")?;
+    ensure!(
+        record.state == RecordState::Held,
+        "state {:?}",
+        record.state
+    );
+    ensure!(record.key == key, "record key {} != {key}", record.key);
+    ensure!(
+        record.holder == Some(lease.holder_token()),
+        "holder {:?}",
+        record.holder
+    );
+    ensure!(
+        record.fencing == lease.fencing_token(),
+        "fencing {}",
+        record.fencing
+    );
+    if let Some(meta) = &record.metadata {
+        ensure!(meta.as_str() == "inspected-holder", "metadata {meta:?}");
+    }
+    if let Some(ttl) = record.ttl {
+        let diff = ttl.abs_diff(h.ttl());
+        ensure!(
+            diff <= Duration::from_secs(1),
+            "ttl {ttl:?}, expected about {:?}",
+            h.ttl()
+        );
+    }
+    if let Some(left) = record.expires_in {
+        ensure!(
+            left <= h.ttl() + Duration::from_secs(1),
+            "expires in {left:?}, more than the TTL"
+        );
+    }
+    ensure!(lease.is_held(), "inspect disturbed the holder");
+    let token = lease.fencing_token();
+    lease.release().await.map_err(fail("release"))?;
+    let record = inspect(h, &key)
+        .await?
+        .ok_or("release deleted the record")?;
+    ensure!(
+        record.state == RecordState::Free,
+        "state after release {:?}",
+        record.state
+    );
+    ensure!(
+        record.fencing == token,
+        "fencing after release {} != {token}",
+        record.fencing
+    );
+    Ok(())
+}
+
+pub(super) async fn many_independent_keys(h: &Harness) -> CaseResult {
+    const KEYS: usize = 20;
+    let keys: Vec<LeaseKey> = (0..KEYS).map(|i| h.key(&format!("many-{i}"))).collect();
+    let one = h.locker();
+    let mut leases = Vec::new();
+    for key in &keys {
+        leases.push(must_acquire(&one, key).await?);
+    }
+    ensure!(
+        one.held_count() == KEYS,
+        "the locker renews {} leases, expected {KEYS}",
+        one.held_count()
+    );
+    sleep(h.ttl() * 2).await;
+    for lease in &leases {
+        ensure!(
+            lease.is_held(),
+            "{} was lost while holding {KEYS} keys",
+            lease.key()
+        );
+    }
+    let other = h.locker();
+    for key in &keys {
+        ensure!(
+            try_acquire(&other, key).await?.is_none(),
+            "{key} was granted twice"
+        );
+    }
+    for lease in leases {
+        lease.release().await.map_err(fail("release"))?;
+    }
+    // Many lockers, one key each, concurrently.
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let locker = h.locker();
+            let key = key.clone();
+            tokio::spawn(async move {
+                locker
+                    .try_acquire(&key)
+                    .await
+                    .map(|l| l.map(|l| l.fencing_token()))
+            })
+        })
+        .collect();
+    for task in tasks {
+        let got = task
+            .await
+            .map_err(fail("task"))?
+            .map_err(fail("try_acquire"))?;
+        ensure!(got.is_some(), "a free independent key was refused");
+    }
+    Ok(())
+}
+
+pub(super) async fn break_frees_the_key(h: &Harness) -> CaseResult {
+    let key = h.key("break");
+    let caps = h.backend().capabilities();
+    if !caps.can_break {
+        return match h.backend().break_lease(&key).await {
+            Err(e) if e.kind() == crate::BackendErrorKind::Unsupported => Ok(()),
+            other => Err(format!("can_break is false but break_lease gave {other:?}")),
+        };
+    }
+    let holder = h.locker();
+    let lease = must_acquire(&holder, &key).await?;
+    let broken = holder
+        .break_lease(&key)
+        .await
+        .map_err(fail("break"))?
+        .ok_or("break returned no record")?;
+    ensure!(
+        broken.holder == Some(lease.holder_token()),
+        "break reported holder {:?}",
+        broken.holder
+    );
+    let record = inspect(h, &key).await?.ok_or("break deleted the record")?;
+    ensure!(!record.is_held(), "still held after break: {record:?}");
+    ensure!(
+        record.fencing == lease.fencing_token(),
+        "break changed the counter"
+    );
+    let next = must_acquire(&h.locker(), &key).await?;
+    ensure!(
+        next.fencing_token() > lease.fencing_token(),
+        "token after break did not rise"
+    );
+    // The old holder learns at its next renewal.
+    let reason = tokio::time::timeout(h.ttl(), lease.lost())
+        .await
+        .map_err(|_| "the broken holder did not notice within one TTL".to_owned())?;
+    ensure!(
+        reason == LostReason::NotHeld,
+        "broken holder's lost reason {reason:?}"
+    );
+    next.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
+pub(super) async fn election_hands_over_leadership(h: &Harness) -> CaseResult {
+    let key = h.key("election");
+    let first = h
+        .locker_on(Arc::clone(h.backend()), "candidate-1")
+        .election(key.as_str())
+        .map_err(fail("election"))?;
+    let second = h
+        .locker_on(Arc::clone(h.backend()), "candidate-2")
+        .election(key.as_str())
+        .map_err(fail("election"))?;
+    let mut changes = Box::pin(first.observe(h.ttl() / 4));
+    let initial = changes
+        .next()
+        .await
+        .ok_or("observe ended")?
+        .map_err(fail("observe"))?;
+    ensure!(
+        initial.is_none(),
+        "a leader before any campaign: {initial:?}"
+    );
+    let leader = first.campaign().await.map_err(fail("campaign"))?;
+    let seen = tokio::time::timeout(h.ttl() * 2, changes.next())
+        .await
+        .map_err(|_| "observe did not report the new leader".to_owned())?
+        .ok_or("observe ended")?
+        .map_err(fail("observe"))?
+        .ok_or("observe reported no leader after a campaign")?;
+    ensure!(
+        seen.fencing == leader.fencing_token(),
+        "observed leader token {} != {}",
+        seen.fencing,
+        leader.fencing_token()
+    );
+    ensure!(
+        second
+            .try_campaign()
+            .await
+            .map_err(fail("try_campaign"))?
+            .is_none(),
+        "two leaders at once"
+    );
+    let waiting =
+        tokio::spawn(async move { second.campaign().await.map(|l| (l.fencing_token(), l)) });
+    sleep(h.ttl() / 4).await;
+    ensure!(
+        !waiting.is_finished(),
+        "the second candidate won while the first led"
+    );
+    let old_token = leader.fencing_token();
+    leader.resign().await.map_err(fail("resign"))?;
+    let (new_token, new_leader) = tokio::time::timeout(h.ttl() * 2, waiting)
+        .await
+        .map_err(|_| "the second candidate did not take over after resign".to_owned())?
+        .map_err(fail("task"))?
+        .map_err(fail("campaign"))?;
+    ensure!(
+        new_token > old_token,
+        "new term token {new_token} not above {old_token}"
+    );
+    ensure!(new_leader.is_leader(), "the new leader is not leading");
+    let current = first
+        .leader()
+        .await
+        .map_err(fail("leader"))?
+        .ok_or("leader() reports none")?;
+    ensure!(
+        current.fencing == new_token,
+        "leader() reports token {}",
+        current.fencing
+    );
+    new_leader.resign().await.map_err(fail("resign"))?;
+    Ok(())
+}
+
+pub(super) async fn invalid_input_is_typed(h: &Harness) -> CaseResult {
+    let locker = h.locker();
+    for bad in [
+        "",
+        "has space",
+        "/abs",
+        "ünicode",
+        &"k".repeat(LeaseKey::MAX_LEN + 1),
+    ] {
+        match locker.try_acquire(bad).await {
+            Err(Error::InvalidInput(e)) if e.field() == "key" => {}
+            other => {
+                return Err(format!(
+                    "key {bad:?} gave {other:?}, expected InvalidInput(key)"
+                ));
+            }
+        }
+    }
+    match locker.inspect("bad key").await {
+        Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+        other => return Err(format!("inspect of a bad key gave {other:?}")),
+    }
+    let caps = h.backend().capabilities();
+    let mut bad_ttls = vec![Duration::ZERO, caps.max_ttl + Duration::from_secs(1)];
+    if caps.min_ttl > Duration::from_millis(1) {
+        bad_ttls.push(caps.min_ttl / 2);
+    }
+    for ttl in bad_ttls {
+        match Locker::builder_shared(Arc::clone(h.backend()))
+            .ttl(ttl)
+            .build()
+        {
+            Err(e) if e.field() == "ttl" => {}
+            other => {
+                return Err(format!(
+                    "ttl {ttl:?} gave {other:?}, expected InvalidInput(ttl)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
