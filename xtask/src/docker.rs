@@ -63,7 +63,9 @@ pub(crate) fn ping(endpoint: &Endpoint, timeout: Duration) -> Result<(), String>
             exchange(stream, endpoint, deadline, timeout)
         }
         Endpoint::Tcp(addr) => {
-            let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("bad address {addr}"))?;
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| format!("bad address {addr}"))?;
             let port: u16 = port.parse().map_err(|_| format!("bad port in {addr}"))?;
             let stream = crate::proc::tcp_connect(host, port, timeout)
                 .map_err(|e| format!("cannot connect to {endpoint}: {e:#}"))?;
@@ -97,7 +99,11 @@ fn exchange(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), String> {
-    let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     stream.timeouts(remaining()).map_err(|e| e.to_string())?;
     stream
         .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
@@ -118,7 +124,10 @@ fn exchange(
                 }
             }
             Err(e)
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 return Err(format!("{endpoint} did not answer within {timeout:?}"));
             }
@@ -140,7 +149,8 @@ fn ping_answer_ok(answer: &[u8]) -> bool {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return false;
     };
-    crate::proc::parse_status_line(head.lines().next().unwrap_or("")) == Some(200) && body.trim() == "OK"
+    crate::proc::parse_status_line(head.lines().next().unwrap_or("")) == Some(200)
+        && body.trim() == "OK"
 }
 
 /// Detects a Docker daemon from the real environment.
@@ -157,7 +167,8 @@ mod tests {
     use std::thread;
 
     fn scratch_socket(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("xtask-docker-test-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("xtask-docker-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("docker.sock")
@@ -166,11 +177,27 @@ mod tests {
     #[test]
     fn endpoint_from_docker_host() {
         assert_eq!(endpoint(None), Ok(Endpoint::Unix(DEFAULT_SOCKET.into())));
-        assert_eq!(endpoint(Some("")), Ok(Endpoint::Unix(DEFAULT_SOCKET.into())));
-        assert_eq!(endpoint(Some("unix:///run/user/1000/docker.sock")), Ok(Endpoint::Unix("/run/user/1000/docker.sock".into())));
-        assert_eq!(endpoint(Some("tcp://10.0.0.5:2376")), Ok(Endpoint::Tcp("10.0.0.5:2376".into())));
-        assert_eq!(endpoint(Some("tcp://docker")), Ok(Endpoint::Tcp("docker:2375".into())));
-        assert!(endpoint(Some("ssh://me@host")).unwrap_err().contains("ssh://"));
+        assert_eq!(
+            endpoint(Some("")),
+            Ok(Endpoint::Unix(DEFAULT_SOCKET.into()))
+        );
+        assert_eq!(
+            endpoint(Some("unix:///run/user/1000/docker.sock")),
+            Ok(Endpoint::Unix("/run/user/1000/docker.sock".into()))
+        );
+        assert_eq!(
+            endpoint(Some("tcp://10.0.0.5:2376")),
+            Ok(Endpoint::Tcp("10.0.0.5:2376".into()))
+        );
+        assert_eq!(
+            endpoint(Some("tcp://docker")),
+            Ok(Endpoint::Tcp("docker:2375".into()))
+        );
+        assert!(
+            endpoint(Some("ssh://me@host"))
+                .unwrap_err()
+                .contains("ssh://")
+        );
     }
 
     #[test]
@@ -187,13 +214,17 @@ mod tests {
         let holder = thread::spawn(move || {
             // Accept and hold the connection without answering.
             let (conn, _) = listener.accept().unwrap();
-            thread::sleep(Duration::from_secs(2));
+            thread::sleep(Duration::from_millis(700));
             drop(conn);
         });
         let started = Instant::now();
         let err = ping(&Endpoint::Unix(path), Duration::from_millis(300)).unwrap_err();
         assert!(err.contains("did not answer"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         holder.join().unwrap();
     }
 
@@ -221,7 +252,8 @@ mod tests {
 
     #[test]
     fn wrong_answer_is_rejected() {
-        let (path, h) = answering_socket("wrong", b"HTTP/1.1 500 Internal Server Error\r\n\r\nboom");
+        let (path, h) =
+            answering_socket("wrong", b"HTTP/1.1 500 Internal Server Error\r\n\r\nboom");
         let err = ping(&Endpoint::Unix(path), Duration::from_secs(2)).unwrap_err();
         assert!(err.contains("500"), "{err}");
         h.join().unwrap();
@@ -229,8 +261,16 @@ mod tests {
 
     #[test]
     fn closed_tcp_port_is_reported() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let err = ping(&Endpoint::Tcp(format!("127.0.0.1:{port}")), Duration::from_secs(1)).unwrap_err();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = ping(
+            &Endpoint::Tcp(format!("127.0.0.1:{port}")),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(err.contains("cannot connect"), "{err}");
     }
 }

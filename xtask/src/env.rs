@@ -43,8 +43,6 @@ pub(crate) struct EnvVar {
     pub(crate) name: &'static str,
     /// The server it points at, if it is a server's main variable.
     pub(crate) server: Option<Server>,
-    /// Example value.
-    pub(crate) example: &'static str,
 }
 
 /// Every variable the rig sets or honours.
@@ -52,30 +50,47 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: POSTGRES_URL,
         server: Some(Server::Postgres),
-        example: "postgres://postgres@127.0.0.1:5432/lease_1763900000_4242",
     },
     EnvVar {
         name: MYSQL_URL,
         server: Some(Server::Mysql),
-        example: "mysql://root@127.0.0.1:3306/lease_1763900000_4242",
     },
     EnvVar {
         name: SQLITE_DIR,
         server: Some(Server::Sqlite),
-        example: "/work/main/target/rig/sqlite/lease_1763900000_4242",
     },
     EnvVar {
         name: AZURITE_BLOB_URL,
         server: Some(Server::Azurite),
-        example: "http://127.0.0.1:10000/devstoreaccount1",
     },
-    EnvVar { name: AZURITE_ACCOUNT_KEY, server: None, example: "Eby8vdM0…GMGw==" },
-    EnvVar { name: S3_ENDPOINT, server: Some(Server::S3), example: "http://127.0.0.1:5000" },
-    EnvVar { name: S3_ACCESS_KEY_ID, server: None, example: "test" },
-    EnvVar { name: S3_SECRET_ACCESS_KEY, server: None, example: "test" },
-    EnvVar { name: S3_REGION, server: None, example: DEFAULT_S3_REGION },
-    EnvVar { name: GCS_ENDPOINT, server: Some(Server::Gcs), example: "http://127.0.0.1:4443" },
-    EnvVar { name: REQUIRE, server: None, example: "1" },
+    EnvVar {
+        name: AZURITE_ACCOUNT_KEY,
+        server: None,
+    },
+    EnvVar {
+        name: S3_ENDPOINT,
+        server: Some(Server::S3),
+    },
+    EnvVar {
+        name: S3_ACCESS_KEY_ID,
+        server: None,
+    },
+    EnvVar {
+        name: S3_SECRET_ACCESS_KEY,
+        server: None,
+    },
+    EnvVar {
+        name: S3_REGION,
+        server: None,
+    },
+    EnvVar {
+        name: GCS_ENDPOINT,
+        server: Some(Server::Gcs),
+    },
+    EnvVar {
+        name: REQUIRE,
+        server: None,
+    },
 ];
 
 /// The main variable of a server.
@@ -178,9 +193,18 @@ mod tests {
             host_port("mysql://root:secret@db.example:3307/x?ssl=false", None),
             Some(("db.example".into(), 3307))
         );
-        assert_eq!(host_port("postgres://localhost/db", Some(5432)), Some(("localhost".into(), 5432)));
-        assert_eq!(host_port("http://[::1]:10000/devstoreaccount1", None), Some(("::1".into(), 10000)));
-        assert_eq!(host_port("http://127.0.0.1:5000", None), Some(("127.0.0.1".into(), 5000)));
+        assert_eq!(
+            host_port("postgres://localhost/db", Some(5432)),
+            Some(("localhost".into(), 5432))
+        );
+        assert_eq!(
+            host_port("http://[::1]:10000/devstoreaccount1", None),
+            Some(("::1".into(), 10000))
+        );
+        assert_eq!(
+            host_port("http://127.0.0.1:5000", None),
+            Some(("127.0.0.1".into(), 5000))
+        );
     }
 
     #[test]
@@ -195,8 +219,16 @@ mod tests {
     fn selection_parsing() {
         let known = ["memory", "postgres", "mysql"];
         assert_eq!(parse_selection(&[], &known).unwrap(), known.to_vec());
-        let req = vec!["Postgres".to_string(), " memory".into(), "postgres".into(), String::new()];
-        assert_eq!(parse_selection(&req, &known).unwrap(), vec!["postgres", "memory"]);
+        let req = vec![
+            "Postgres".to_string(),
+            " memory".into(),
+            "postgres".into(),
+            String::new(),
+        ];
+        assert_eq!(
+            parse_selection(&req, &known).unwrap(),
+            vec!["postgres", "memory"]
+        );
         let err = parse_selection(&["oracle".to_string()], &known).unwrap_err();
         assert!(err.to_string().contains("oracle"));
     }
@@ -204,7 +236,11 @@ mod tests {
     #[test]
     fn every_server_has_one_variable() {
         for server in Server::ALL {
-            assert_eq!(ALL.iter().filter(|v| v.server == Some(*server)).count(), 1, "{server:?}");
+            assert_eq!(
+                ALL.iter().filter(|v| v.server == Some(*server)).count(),
+                1,
+                "{server:?}"
+            );
             assert!(var_for(*server).starts_with("LEASE_TEST_"));
         }
     }
@@ -214,7 +250,11 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/testing.md");
         let docs = std::fs::read_to_string(path).expect("docs/testing.md exists");
         for var in ALL {
-            assert!(docs.contains(var.name), "docs/testing.md does not mention {}", var.name);
+            assert!(
+                docs.contains(var.name),
+                "docs/testing.md does not mention {}",
+                var.name
+            );
         }
     }
 }

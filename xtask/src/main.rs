@@ -28,7 +28,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Test rig of the lease workspace", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Test rig of the lease workspace",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -16,7 +16,9 @@ pub(crate) fn choose(preferred: u16, avoid: &[u16]) -> std::io::Result<u16> {
         return Ok(preferred);
     }
     for _ in 0..20 {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
         if !avoid.contains(&port) {
             return Ok(port);
         }
@@ -30,7 +32,11 @@ mod tests {
 
     #[test]
     fn free_preferred_port_is_kept() {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         // Released at the end of the statement above; nobody else should take it this quickly.
         assert_eq!(choose(port, &[]).unwrap(), port);
     }
@@ -47,7 +53,11 @@ mod tests {
 
     #[test]
     fn avoided_ports_are_not_returned() {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let got = choose(port, &[port]).unwrap();
         assert_ne!(got, port);
     }

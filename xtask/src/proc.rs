@@ -40,8 +40,14 @@ pub(crate) fn run_captured(cmd: &mut Command, timeout: Duration) -> Result<Outpu
         .with_context(|| format!("cannot start {shown}"))?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -67,7 +73,53 @@ pub(crate) fn run_captured(cmd: &mut Command, timeout: Duration) -> Result<Outpu
         let _ = r.join();
     }
     let text: Vec<String> = rx.try_iter().collect();
-    Ok(Output { status, text: text.join("\n") })
+    Ok(Output {
+        status,
+        text: text.join("\n"),
+    })
+}
+
+/// Runs `cmd` to completion, echoing its output live (stdout to stdout, stderr to stderr) and capturing
+/// it. No timeout: used for cargo, which has its own (nextest's slow-test timeouts).
+pub(crate) fn run_streamed(cmd: &mut Command) -> Result<Output> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().map(|s| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut stdout = std::io::stdout();
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                let _ = writeln!(stdout, "{line}");
+                let _ = tx.send(line);
+            }
+        })
+    });
+    let err = child.stderr.take().map(|s| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut stderr = std::io::stderr();
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                let _ = writeln!(stderr, "{line}");
+                let _ = tx.send(line);
+            }
+        })
+    });
+    drop(tx);
+    let status = child.wait()?;
+    for h in [out, err].into_iter().flatten() {
+        let _ = h.join();
+    }
+    let text: Vec<String> = rx.try_iter().collect();
+    Ok(Output {
+        status,
+        text: text.join("\n"),
+    })
 }
 
 /// Waits for `child` up to `timeout`; `None` if it is still running.
@@ -140,7 +192,11 @@ impl ProcId {
     /// Records the identity of a just-started process.
     pub(crate) fn of(pid: u32, marker: &str) -> Option<Self> {
         let (start_time, _) = proc_start_time(pid)?;
-        Some(Self { pid, start_time, marker: marker.to_string() })
+        Some(Self {
+            pid,
+            start_time,
+            marker: marker.to_string(),
+        })
     }
 
     /// Whether the pid still names the process we started (alive, same start time, same program).
@@ -199,7 +255,10 @@ pub(crate) fn http_status(host: &str, port: u16, path: &str, timeout: Duration) 
     let mut stream = tcp_connect(host, port, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut first = String::new();
     BufReader::new(stream)
         .read_line(&mut first)
@@ -246,23 +305,40 @@ mod tests {
         let name = exe.file_name().unwrap().to_string_lossy().into_owned();
         let id = ProcId::of(me, &name).unwrap();
         assert!(id.is_alive_and_ours());
-        let other = ProcId { marker: "definitely-not-this-program".into(), ..id.clone() };
+        let other = ProcId {
+            marker: "definitely-not-this-program".into(),
+            ..id.clone()
+        };
         assert!(!other.is_alive_and_ours());
-        let reused = ProcId { start_time: id.start_time + 1, ..id };
+        let reused = ProcId {
+            start_time: id.start_time + 1,
+            ..id
+        };
         assert!(!reused.is_alive_and_ours());
     }
 
     #[test]
     fn stop_ends_a_child_group_and_leaves_strangers_alone() {
         use std::os::unix::process::CommandExt;
-        let mut child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let id = ProcId::of(child.id(), "sleep").unwrap();
-        let stranger = ProcId { marker: "not-sleep".into(), ..id.clone() };
+        let stranger = ProcId {
+            marker: "not-sleep".into(),
+            ..id.clone()
+        };
         assert!(!stranger.stop(Duration::from_millis(100)));
         assert!(id.is_alive_and_ours());
         let started = Instant::now();
         assert!(id.stop(Duration::from_secs(5)));
-        assert!(wait_deadline(&mut child, Duration::from_secs(5)).unwrap().is_some());
+        assert!(
+            wait_deadline(&mut child, Duration::from_secs(5))
+                .unwrap()
+                .is_some()
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!id.is_alive_and_ours());
     }
@@ -270,11 +346,15 @@ mod tests {
     #[test]
     fn captured_command_times_out() {
         let started = Instant::now();
-        let err = run_captured(Command::new("sleep").arg("30"), Duration::from_millis(300)).unwrap_err();
+        let err =
+            run_captured(Command::new("sleep").arg("30"), Duration::from_millis(300)).unwrap_err();
         assert!(err.to_string().contains("did not finish"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        let out = run_captured(Command::new("sh").args(["-c", "echo out; echo err >&2"]), Duration::from_secs(10))
-            .unwrap();
+        let out = run_captured(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert!(out.status.success());
         assert!(out.text.contains("out") && out.text.contains("err"));
     }
@@ -297,7 +377,10 @@ mod tests {
             let _ = s.read(&mut buf);
             s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
         });
-        assert_eq!(http_status("127.0.0.1", port, "/", Duration::from_secs(2)).unwrap(), 204);
+        assert_eq!(
+            http_status("127.0.0.1", port, "/", Duration::from_secs(2)).unwrap(),
+            204
+        );
         server.join().unwrap();
     }
 

