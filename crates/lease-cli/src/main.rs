@@ -1,6 +1,364 @@
-//! The `lease` command line (placeholder until the CLI issue lands).
+//! `lease`: run any command under a distributed lease (a lock that expires) with a fencing token,
+//! on storage a team already runs. See `docs/cli.md`.
 
-fn main() {
-    eprintln!("lease: not implemented yet");
-    std::process::exit(64);
+mod admin;
+mod demo;
+mod duration;
+mod exec;
+mod exit;
+mod signals;
+mod store;
+mod waiting;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use lease_core::{Backend, HolderMetadata, Locker, LockerBuilder, RetryPolicy};
+
+use crate::exit::CliError;
+use crate::store::StoreUrl;
+
+/// Run commands under distributed leases (locks that expire), with fencing tokens.
+///
+/// The store is a URL: sqlite://PATH, postgres://…, mysql://…, memory:// (this process only).
+/// Recognised but not built yet: azblob://, s3://, gs://, az://, file://.
+/// Without --store or LEASE_STORE, leases live in a SQLite file in your state directory
+/// ($XDG_STATE_HOME/lease/leases.db, else ~/.local/state/lease/leases.db).
+#[derive(Parser, Debug)]
+#[command(name = "lease", version, after_help = exit::TABLE, max_term_width = 100)]
+struct Cli {
+    /// Where leases are stored (passwords and keys in it are never printed).
+    #[arg(
+        long,
+        env = "LEASE_STORE",
+        global = true,
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    store: Option<String>,
+
+    /// More output on stderr: -v progress and the waiting line without a terminal, -vv debug logs.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Acquire a lease, run a command while holding it, release it when the command exits.
+    ///
+    /// The command gets LEASE_NAME, LEASE_FENCING_TOKEN and LEASE_HOLDER in its environment and
+    /// runs in its own process group. `lease` exits with the command's status. If the lease is
+    /// lost, the command's group gets SIGTERM, then SIGKILL after --kill-after, and `lease` exits
+    /// with 75. SIGINT, SIGTERM and SIGHUP sent to `lease` are forwarded to the command.
+    #[command(after_help = exit::TABLE)]
+    Exec(ExecArgs),
+    /// Run a command only while this process is the leader of NAME.
+    ///
+    /// Campaigns until elected, runs the command, and stops it (as exec does) if leadership is
+    /// lost. With --restart, campaigns again after the command exits or leadership is lost.
+    #[command(after_help = exit::TABLE)]
+    Elect(ElectArgs),
+    /// Show who holds a lease, since when, its fencing token and expiry.
+    Status(StatusArgs),
+    /// Print a line each time the holder of a lease changes.
+    Watch(WatchArgs),
+    /// Force-release a lease whoever holds it (admin). The holder finds out at its next renewal.
+    Break(BreakArgs),
+    /// Several contenders in this process take turns on one lease: a first look.
+    Demo(DemoArgs),
+}
+
+/// Options of the lease itself.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct LockerOptionsArgs {
+    /// How long a grant lasts without renewal; renewed every third of it while held.
+    #[arg(long, default_value = "30s", value_parser = duration::parse_positive, value_name = "DURATION")]
+    ttl: Duration,
+    /// Identity stored with the lease and shown to others [default: HOSTNAME pid=PID].
+    #[arg(long, value_name = "TEXT")]
+    holder: Option<String>,
+}
+
+impl LockerOptionsArgs {
+    /// A locker builder with these options on `backend`.
+    pub(crate) fn builder(&self, backend: Arc<dyn Backend>) -> LockerBuilder {
+        Locker::builder_shared(backend)
+            .ttl(self.ttl)
+            // Waiters poll at most every half second (plus jitter).
+            .retry(RetryPolicy::default().with_max_delay(Duration::from_millis(500)))
+    }
+
+    fn locker(&self, backend: Arc<dyn Backend>) -> Result<Locker, CliError> {
+        let mut builder = self.builder(backend);
+        if let Some(holder) = &self.holder {
+            builder = builder.metadata(
+                HolderMetadata::new(holder.clone()).map_err(|e| CliError::usage(e.to_string()))?,
+            );
+        }
+        builder.build().map_err(|e| CliError::usage(e.to_string()))
+    }
+}
+
+/// The command to run.
+#[derive(Args, Clone, Debug)]
+struct ChildArgs {
+    /// After a lost lease: how long the command has to exit after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = duration::parse, value_name = "DURATION")]
+    kill_after: Duration,
+    /// The command and its arguments (put them after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    /// The lease name: ASCII letters, digits and _ - . / : @ (up to 200 bytes).
+    name: String,
+    #[command(flatten)]
+    lease: LockerOptionsArgs,
+    /// Wait as long as it takes for the lease (the default).
+    #[arg(long, conflicts_with_all = ["no_wait", "timeout"])]
+    wait: bool,
+    /// Do not wait: if the lease is held, exit at once with 73.
+    #[arg(long, conflicts_with = "timeout")]
+    no_wait: bool,
+    /// Wait at most this long, then exit with 74.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    timeout: Option<Duration>,
+    #[command(flatten)]
+    child: ChildArgs,
+}
+
+#[derive(Args, Debug)]
+struct ElectArgs {
+    /// The election's name (a lease name).
+    name: String,
+    #[command(flatten)]
+    lease: LockerOptionsArgs,
+    /// Campaign again after the command exits or leadership is lost (until interrupted).
+    #[arg(long)]
+    restart: bool,
+    /// With --restart: the pause before campaigning again.
+    #[arg(long, default_value = "1s", value_parser = duration::parse, value_name = "DURATION")]
+    restart_delay: Duration,
+    #[command(flatten)]
+    child: ChildArgs,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The lease name.
+    name: String,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    /// The lease name.
+    name: String,
+    /// How often to look (stores that notify on release are faster).
+    #[arg(long, default_value = "1s", value_parser = duration::parse_positive, value_name = "DURATION")]
+    interval: Duration,
+    /// Stop after printing this many changes (the first line, the current holder, counts).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print one JSON object per change.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct BreakArgs {
+    /// The lease name.
+    name: String,
+    /// Do not ask for confirmation (required when stdin or stderr is not a terminal).
+    #[arg(long, short)]
+    yes: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// How many contenders take turns.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    contenders: u32,
+    /// How many turns in all before the demo ends.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    rounds: u32,
+    /// About how long each turn holds the lease.
+    #[arg(long, default_value = "400ms", value_parser = duration::parse, value_name = "DURATION")]
+    hold: Duration,
+    /// The lease the contenders share.
+    #[arg(long, default_value = "lease-demo")]
+    name: String,
+    #[command(flatten)]
+    lease: LockerOptionsArgs,
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,sqlx=error",
+        1 => "warn,sqlx=error",
+        2 => "debug,sqlx=warn",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("LEASE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(verbose > 1)
+        .try_init();
+}
+
+/// Turns a clap error into one line on stderr (help and version go out whole).
+fn parse_args() -> Result<Cli, u8> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    Err(exit::OK)
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    Err(exit::USAGE)
+                }
+                _ => {
+                    let rendered = e.render().to_string();
+                    let first = rendered
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("invalid arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("lease: {} (see 'lease --help')", store::redact_words(first));
+                    Err(exit::USAGE)
+                }
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli, url: &StoreUrl) -> Result<u8, CliError> {
+    let backend = store::connect(url).await?;
+    let shown = url.redacted();
+    match cli.command {
+        Command::Exec(args) => {
+            let mode = match (args.no_wait, args.timeout) {
+                (true, _) => exec::WaitMode::NoWait,
+                (false, Some(t)) => exec::WaitMode::Timeout(t),
+                (false, None) => exec::WaitMode::Forever,
+            };
+            let runner = exec::Runner {
+                locker: args.lease.locker(backend)?,
+                name: checked_name(&args.name)?,
+                child: exec::ChildSpec {
+                    command: args.child.command,
+                    kill_after: args.child.kill_after,
+                },
+                verbose: cli.verbose,
+            };
+            runner.exec(mode).await
+        }
+        Command::Elect(args) => {
+            let runner = exec::Runner {
+                locker: args.lease.locker(backend)?,
+                name: checked_name(&args.name)?,
+                child: exec::ChildSpec {
+                    command: args.child.command,
+                    kill_after: args.child.kill_after,
+                },
+                verbose: cli.verbose,
+            };
+            runner.elect(args.restart, args.restart_delay).await
+        }
+        Command::Status(args) => {
+            let locker = Locker::from_shared(backend);
+            admin::status(&locker, &checked_name(&args.name)?, &shown, args.json).await
+        }
+        Command::Watch(args) => {
+            let locker = Locker::from_shared(backend);
+            let name = checked_name(&args.name)?;
+            admin::watch(&locker, &name, args.interval, args.count, args.json, &shown).await
+        }
+        Command::Break(args) => {
+            let locker = Locker::from_shared(backend);
+            admin::break_lease(&locker, &checked_name(&args.name)?, args.yes).await
+        }
+        Command::Demo(args) => {
+            let demo = demo::Demo {
+                backend,
+                store: shown,
+                name: checked_name(&args.name)?,
+                contenders: args.contenders,
+                rounds: args.rounds,
+                hold: args.hold,
+                locker_options: args.lease,
+            };
+            demo.run().await
+        }
+    }
+}
+
+/// Validates a lease name up front, so a bad one is a usage error before anything runs.
+fn checked_name(name: &str) -> Result<String, CliError> {
+    lease_core::LeaseKey::new(name)
+        .map(|k| k.as_str().to_owned())
+        .map_err(|e| CliError::usage(format!("lease name {name:?}: {}", e.reason())))
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
+    init_tracing(cli.verbose);
+    let url = match cli
+        .store
+        .clone()
+        .map_or_else(store::default_store_url, Ok)
+        .and_then(|u| StoreUrl::parse(&u))
+    {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("lease: {e}");
+            return ExitCode::from(e.code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lease: cannot start the runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let result = runtime.block_on(run(cli, &url));
+    // Give spawned best-effort work (a release on drop) a moment, but never hang on exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lease: {}", url.scrub(&e.message));
+            ExitCode::from(e.code)
+        }
+    }
 }

@@ -1,0 +1,305 @@
+//! `lease exec` and `lease elect`: run a command while holding a lease.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use lease_core::{Error, Lease, Locker};
+use rustix::process::Signal;
+use tokio::process::Command;
+
+use crate::exit::{self, CliError};
+use crate::signals::{self, Signals};
+use crate::waiting;
+
+/// How `exec` waits for a held lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitMode {
+    /// Until it is free.
+    Forever,
+    /// Not at all.
+    NoWait,
+    /// At most this long.
+    Timeout(Duration),
+}
+
+/// The command to run and how to stop it.
+#[derive(Clone, Debug)]
+pub(crate) struct ChildSpec {
+    pub(crate) command: Vec<OsString>,
+    pub(crate) kill_after: Duration,
+}
+
+/// How a supervised command ended.
+#[derive(Debug)]
+enum ChildEnd {
+    /// It exited by itself (or after a forwarded signal) with this code.
+    Exited { code: u8, interrupted: bool },
+    /// The lease was lost; the command was terminated.
+    Lost,
+}
+
+/// Everything `exec` and `elect` share.
+pub(crate) struct Runner {
+    pub(crate) locker: Locker,
+    pub(crate) name: String,
+    pub(crate) child: ChildSpec,
+    pub(crate) verbose: u8,
+}
+
+impl Runner {
+    fn note(&self, message: &str) {
+        if self.verbose > 0 {
+            eprintln!("lease: {message}");
+        }
+    }
+
+    /// `lease exec`.
+    pub(crate) async fn exec(&self, mode: WaitMode) -> Result<u8, CliError> {
+        let mut signals = Signals::new()
+            .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot catch signals: {e}")))?;
+        let lease = match mode {
+            WaitMode::NoWait => match self.locker.try_acquire(&self.name).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return Err(self.held_error().await),
+                Err(e) => return Err(CliError::from_lease(&e)),
+            },
+            WaitMode::Forever | WaitMode::Timeout(_) => {
+                let acquire = async {
+                    match mode {
+                        WaitMode::Timeout(t) => self.locker.acquire_timeout(&self.name, t).await,
+                        _ => self.locker.acquire(&self.name).await,
+                    }
+                };
+                self.wait_showing("lease", acquire, &mut signals).await?
+            }
+        };
+        self.note(&format!(
+            "acquired {} (fencing token {})",
+            self.name,
+            lease.fencing_token()
+        ));
+        let end = self.supervise(&lease, &mut signals).await?;
+        self.finish(lease, end).await
+    }
+
+    /// `lease elect`.
+    pub(crate) async fn elect(
+        &self,
+        restart: bool,
+        restart_delay: Duration,
+    ) -> Result<u8, CliError> {
+        let mut signals = Signals::new()
+            .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot catch signals: {e}")))?;
+        let election = self
+            .locker
+            .election(&self.name)
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        loop {
+            let leadership = self
+                .wait_showing("leadership of", election.campaign(), &mut signals)
+                .await?;
+            self.note(&format!(
+                "leader of {} (fencing token {})",
+                self.name,
+                leadership.fencing_token()
+            ));
+            let end = self.supervise(leadership.lease(), &mut signals).await?;
+            let again = restart
+                && !matches!(
+                    end,
+                    ChildEnd::Exited {
+                        interrupted: true,
+                        ..
+                    }
+                );
+            let lost = matches!(end, ChildEnd::Lost);
+            // Resign (release) first so another candidate can take over while we pause.
+            let code = match leadership.resign().await {
+                Ok(()) => match end {
+                    ChildEnd::Exited { code, .. } => code,
+                    ChildEnd::Lost => exit::LOST,
+                },
+                Err(e) => self.after_release_error(e, &end),
+            };
+            if !again {
+                return Ok(code);
+            }
+            self.note(&format!(
+                "{} ended ({}); campaigning again in {}",
+                if lost { "leadership" } else { "the command" },
+                if lost {
+                    "lost".to_owned()
+                } else {
+                    format!("status {code}")
+                },
+                crate::duration::short(restart_delay)
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(restart_delay) => {}
+                sig = signals.recv() => return Ok(exit::SIGNAL_BASE + sig.as_raw() as u8),
+            }
+        }
+    }
+
+    /// Waits for `acquire`, showing the status line, and stopping on SIGINT/SIGTERM/SIGHUP.
+    async fn wait_showing<T>(
+        &self,
+        what: &str,
+        acquire: impl Future<Output = Result<T, Error>>,
+        signals: &mut Signals,
+    ) -> Result<T, CliError> {
+        let printed = Cell::new(false);
+        let display = waiting::Display::choose(self.verbose);
+        let outcome = tokio::select! {
+            r = acquire => Ok(r),
+            sig = signals.recv() => Err(sig),
+            () = waiting::show(&self.locker, &self.name, what, display, &printed) => unreachable!("the status line never ends"),
+        };
+        waiting::clear(&printed);
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(CliError::from_lease(&e)),
+            Err(sig) => Err(CliError::new(
+                exit::SIGNAL_BASE + sig.as_raw() as u8,
+                format!(
+                    "interrupted by {} while waiting for {what} {}",
+                    signals::name(sig),
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// The `--no-wait` error, naming the holder when it can be read.
+    async fn held_error(&self) -> CliError {
+        let detail = match self.locker.inspect(&self.name).await {
+            Ok(Some(record)) if record.is_held() => {
+                format!(
+                    ": {}",
+                    waiting::describe(&record, std::time::SystemTime::now())
+                )
+            }
+            _ => String::new(),
+        };
+        CliError::new(
+            exit::HELD,
+            format!("lease {} is held by someone else{detail}", self.name),
+        )
+    }
+
+    /// Runs the command while `lease` is held. On loss: SIGTERM to its process group, then
+    /// SIGKILL after `kill_after`. Signals to `lease` are forwarded to the group.
+    async fn supervise(&self, lease: &Lease, signals: &mut Signals) -> Result<ChildEnd, CliError> {
+        let (program, args) = self
+            .child
+            .command
+            .split_first()
+            .ok_or_else(|| CliError::usage("no command given"))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("LEASE_NAME", &self.name)
+            .env("LEASE_FENCING_TOKEN", lease.fencing_token().to_string())
+            .env("LEASE_HOLDER", self.holder_label(lease))
+            // Its own process group, so the whole command (a shell and its children) can be
+            // signalled at once, and a terminal's Ctrl-C reaches it through us only.
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let code = match e.kind() {
+                    std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+                    _ => exit::CANNOT_EXECUTE,
+                };
+                return Err(CliError::new(
+                    code,
+                    format!("cannot run {}: {e}", program.to_string_lossy()),
+                ));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let lost = lease.lost();
+        tokio::pin!(lost);
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                biased;
+                status = child.wait() => {
+                    let status = status.map_err(|e| CliError::new(exit::SOFTWARE, format!("waiting for the command failed: {e}")))?;
+                    let code = match (status.code(), status.signal()) {
+                        (Some(code), _) => (code & 0xff) as u8,
+                        (None, Some(sig)) => exit::SIGNAL_BASE.saturating_add(sig as u8),
+                        (None, None) => exit::SOFTWARE,
+                    };
+                    return Ok(ChildEnd::Exited { code, interrupted });
+                }
+                reason = &mut lost => {
+                    eprintln!(
+                        "lease: lost lease {} (fencing token {}): {reason}; sending SIGTERM to the command",
+                        self.name, lease.fencing_token()
+                    );
+                    signals::to_group(pid, Signal::TERM);
+                    if tokio::time::timeout(self.child.kill_after, child.wait()).await.is_err() {
+                        eprintln!(
+                            "lease: the command did not exit within {}; sending SIGKILL",
+                            crate::duration::short(self.child.kill_after)
+                        );
+                        signals::to_group(pid, Signal::KILL);
+                        let _ = child.wait().await;
+                    }
+                    return Ok(ChildEnd::Lost);
+                }
+                sig = signals.recv() => {
+                    self.note(&format!("forwarding {} to the command", signals::name(sig)));
+                    signals::to_group(pid, sig);
+                    interrupted = true;
+                }
+            }
+        }
+    }
+
+    /// What the command sees in `LEASE_HOLDER`: the holder metadata, or the holder token.
+    fn holder_label(&self, lease: &Lease) -> String {
+        let meta = self.locker.metadata().as_str();
+        if meta.is_empty() {
+            lease.holder_token().to_string()
+        } else {
+            meta.to_owned()
+        }
+    }
+
+    /// Releases after the command ended and picks the exit code.
+    async fn finish(&self, lease: Lease, end: ChildEnd) -> Result<u8, CliError> {
+        match lease.release().await {
+            Ok(()) => match end {
+                ChildEnd::Exited { code, .. } => Ok(code),
+                ChildEnd::Lost => Ok(exit::LOST),
+            },
+            Err(e) => Ok(self.after_release_error(e, &end)),
+        }
+    }
+
+    fn after_release_error(&self, e: Error, end: &ChildEnd) -> u8 {
+        match (e, end) {
+            (_, ChildEnd::Lost) => exit::LOST,
+            (Error::Lost { reason, .. }, ChildEnd::Exited { code, .. }) => {
+                eprintln!(
+                    "lease: the command exited with status {code}, but lease {} had been lost before it did ({reason})",
+                    self.name
+                );
+                exit::LOST
+            }
+            (e, ChildEnd::Exited { code, .. }) => {
+                // The work finished under the lease; the key frees itself when its TTL runs out.
+                eprintln!(
+                    "lease: warning: releasing {} failed ({}); it frees itself when its TTL runs out",
+                    self.name,
+                    crate::exit::one_line_chain(&e)
+                );
+                *code
+            }
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! Store URLs: parsing every scheme, redacting secrets, the default location, connecting.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lease_core::{Backend, MemoryBackend};
+
+use crate::exit::{self, CliError};
+
+/// The schemes `lease` understands, for messages.
+const KNOWN_SCHEMES: &str = "sqlite, postgres, mysql, memory, azblob, s3, gs, az, file";
+
+/// What a store URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// This process's memory (`memory://`): leases are not shared with other processes.
+    Memory,
+    /// A SQLite database file.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database (the URL is passed to the driver as written).
+    Postgres,
+    /// A MySQL or MariaDB database (the URL is passed to the driver as written).
+    Mysql,
+    /// Azure Blob Storage leases on blobs in `container` of `account`.
+    AzBlob { account: String, container: String },
+    /// An object-store bucket or container, with an optional key prefix.
+    ObjectStore {
+        scheme: &'static str,
+        bucket: String,
+        prefix: String,
+    },
+    /// A local directory used as an object store.
+    File { dir: PathBuf },
+}
+
+/// A parsed store URL. Keeps the original text for the driver; shows only [`StoreUrl::redacted`].
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct StoreUrl {
+    raw: String,
+    scheme: String,
+    store: Store,
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreUrl")
+            .field("url", &self.redacted())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl StoreUrl {
+    /// Parses `text`. Errors are usage errors with the URL redacted.
+    pub(crate) fn parse(text: &str) -> Result<Self, CliError> {
+        let bad =
+            |why: &str| CliError::usage(format!("invalid store URL '{}': {why}", redact(text)));
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(bad(
+                "expected SCHEME://…, for example sqlite:///var/lib/lease/leases.db",
+            ));
+        };
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        {
+            return Err(bad("expected SCHEME://…"));
+        }
+        let lower = scheme.to_ascii_lowercase();
+        let (before_query, _query) = rest.split_once('?').unwrap_or((rest, ""));
+        let store = match lower.as_str() {
+            "memory" => {
+                if !before_query.is_empty() && before_query != "/" {
+                    return Err(bad("memory:// takes no host or path"));
+                }
+                Store::Memory
+            }
+            "sqlite" => {
+                if before_query.is_empty() {
+                    return Err(bad(
+                        "sqlite:// needs a file path, as in sqlite:///var/lib/lease/leases.db",
+                    ));
+                }
+                if before_query == ":memory:" {
+                    return Err(bad(
+                        "an in-memory SQLite database is not shared between processes; use memory:// for that",
+                    ));
+                }
+                Store::Sqlite {
+                    path: PathBuf::from(before_query),
+                }
+            }
+            "postgres" | "postgresql" => {
+                check_authority(rest).map_err(|why| bad(&why))?;
+                Store::Postgres
+            }
+            "mysql" | "mariadb" => {
+                check_authority(rest).map_err(|why| bad(&why))?;
+                if authority(rest).is_empty() {
+                    return Err(bad(
+                        "mysql:// needs a host, as in mysql://user@db.example:3306/leases",
+                    ));
+                }
+                Store::Mysql
+            }
+            "azblob" => {
+                let (account, container) = two_segments(before_query)
+                    .ok_or_else(|| bad("expected azblob://ACCOUNT/CONTAINER"))?;
+                if account.contains('@') || account.contains(':') {
+                    return Err(bad(
+                        "put the account key in AZURE_STORAGE_KEY (or a SAS in AZURE_STORAGE_SAS_TOKEN), not in the URL's host",
+                    ));
+                }
+                Store::AzBlob {
+                    account: account.to_owned(),
+                    container: container.to_owned(),
+                }
+            }
+            "s3" | "gs" | "az" => {
+                let (bucket, prefix) = before_query.split_once('/').unwrap_or((before_query, ""));
+                if bucket.is_empty() {
+                    return Err(bad(&format!("expected {lower}://BUCKET[/PREFIX]")));
+                }
+                if bucket.contains('@') || bucket.contains(':') {
+                    return Err(bad(
+                        "credentials go in the environment (AWS_*, GOOGLE_*, AZURE_* variables), not in the URL",
+                    ));
+                }
+                let scheme = match lower.as_str() {
+                    "s3" => "s3",
+                    "gs" => "gs",
+                    _ => "az",
+                };
+                Store::ObjectStore {
+                    scheme,
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
+                }
+            }
+            "file" => {
+                if !before_query.starts_with('/') {
+                    return Err(bad("expected file:///ABSOLUTE/DIR"));
+                }
+                Store::File {
+                    dir: PathBuf::from(before_query),
+                }
+            }
+            _ => {
+                return Err(CliError::usage(format!(
+                    "unknown store scheme '{scheme}://' in '{}'; known schemes: {KNOWN_SCHEMES}",
+                    redact(text)
+                )));
+            }
+        };
+        Ok(Self {
+            raw: text.to_owned(),
+            scheme: lower,
+            store,
+        })
+    }
+
+    /// What the URL names.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The scheme, lower case.
+    pub(crate) fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The URL with passwords, keys and tokens replaced by `***`: the only form ever shown.
+    pub(crate) fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+
+    /// The original text, for the driver only.
+    fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// Removes every secret of this URL from `text` (for messages from drivers, which might echo
+    /// them).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.raw, &self.redacted());
+        for secret in secrets(&self.raw) {
+            if secret.len() >= 3 {
+                out = out.replace(&secret, "***");
+            }
+        }
+        out
+    }
+}
+
+/// The part between `://` and the first `/`, `?` or `#`.
+fn authority(rest: &str) -> &str {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Checks `[user[:password]@]host[:port][,host[:port]…]` loosely: ports must be numbers.
+fn check_authority(rest: &str) -> Result<(), String> {
+    let auth = authority(rest);
+    let hosts = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    for host in hosts.split(',') {
+        // An IPv6 literal: [::1]:5432
+        let port = if let Some(after) = host.strip_prefix('[') {
+            match after.split_once(']') {
+                Some((_, tail)) => tail.strip_prefix(':'),
+                None => return Err("unclosed '[' in host".into()),
+            }
+        } else {
+            host.split_once(':').map(|(_, p)| p)
+        };
+        if let Some(port) = port
+            && (port.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(format!("port '{port}' is not a number from 0 to 65535"));
+        }
+    }
+    Ok(())
+}
+
+fn two_segments(path: &str) -> Option<(&str, &str)> {
+    let (a, b) = path.trim_end_matches('/').split_once('/')?;
+    (!a.is_empty() && !b.is_empty() && !b.contains('/')).then_some((a, b))
+}
+
+/// Whether a query parameter with this name carries a secret.
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    const EXACT: &[&str] = &[
+        "sig",
+        "pwd",
+        "pass",
+        "auth",
+        "sas",
+        "signature",
+        "credential",
+        "credentials",
+    ];
+    const PARTS: &[&str] = &["password", "secret", "token", "key"];
+    EXACT.contains(&name.as_str()) || PARTS.iter().any(|p| name.contains(p))
+}
+
+/// The URL with the userinfo password and secret query values replaced by `***`.
+///
+/// Works on any text, parseable or not, so error messages about a bad URL are redacted too.
+pub(crate) fn redact(url: &str) -> String {
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(auth_end);
+    let auth = match auth.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => auth.to_owned(),
+    };
+    let (path, query_and_fragment) = match tail.find('?') {
+        Some(i) => tail.split_at(i),
+        None => (tail, ""),
+    };
+    let mut out = head + &auth + path;
+    if let Some(q) = query_and_fragment.strip_prefix('?') {
+        let (query, fragment) = match q.split_once('#') {
+            Some((query, fragment)) => (query, Some(fragment)),
+            None => (q, None),
+        };
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) if is_secret_param(name) && !value.is_empty() => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+        if let Some(fragment) = fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+    }
+    out
+}
+
+/// The secret values in `url` (password, secret query values), for scrubbing driver messages.
+fn secrets(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    if let Some((userinfo, _)) = authority(rest).rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
+    {
+        found.push(password.to_owned());
+    }
+    if let Some((_, q)) = rest.split_once('?') {
+        let q = q.split_once('#').map_or(q, |(q, _)| q);
+        for pair in q.split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && is_secret_param(name)
+                && !value.is_empty()
+            {
+                found.push(value.to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Redacts every `scheme://…` word in free text (clap's messages echo arguments).
+pub(crate) fn redact_words(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains("://") || word.contains('@') {
+                redact(word)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The state directory: `$XDG_STATE_HOME/lease`, else `$HOME/.local/state/lease`.
+pub(crate) fn default_state_dir(
+    xdg_state_home: Option<&str>,
+    home: Option<&str>,
+) -> Option<PathBuf> {
+    if let Some(dir) = xdg_state_home.filter(|d| Path::new(d).is_absolute()) {
+        return Some(Path::new(dir).join("lease"));
+    }
+    let home = home.filter(|h| !h.is_empty())?;
+    Some(Path::new(home).join(".local/state/lease"))
+}
+
+/// The default store: `sqlite://` on `leases.db` in the state directory.
+pub(crate) fn default_store_url() -> Result<String, CliError> {
+    let xdg = std::env::var("XDG_STATE_HOME").ok();
+    let home = std::env::var("HOME").ok();
+    let dir = default_state_dir(xdg.as_deref(), home.as_deref()).ok_or_else(|| {
+        CliError::usage("no store given and neither XDG_STATE_HOME nor HOME is set; pass --store URL or set LEASE_STORE")
+    })?;
+    Ok(format!("sqlite://{}", dir.join("leases.db").display()))
+}
+
+/// Connects to the store (creating a SQLite file's directory and every SQL schema on first use).
+pub(crate) async fn connect(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    tracing::debug!(store = %url.redacted(), "connecting");
+    match url.store() {
+        Store::Memory => Ok(Arc::new(MemoryBackend::new())),
+        Store::Sqlite { path } => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    CliError::new(
+                        exit::CONFIG,
+                        format!("cannot create the directory {}: {e}", parent.display()),
+                    )
+                })?;
+            }
+            sql::sqlite(url).await
+        }
+        Store::Postgres => sql::postgres(url).await,
+        Store::Mysql => sql::mysql(url).await,
+        Store::AzBlob { .. } | Store::ObjectStore { .. } | Store::File { .. } => {
+            Err(CliError::usage(format!(
+                "scheme {}:// is recognised but its backend is not built yet",
+                url.scheme()
+            )))
+        }
+    }
+}
+
+mod sql {
+    use super::*;
+
+    pub(super) async fn sqlite(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+        not_yet(url)
+    }
+
+    pub(super) async fn postgres(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+        not_yet(url)
+    }
+
+    pub(super) async fn mysql(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+        not_yet(url)
+    }
+
+    fn not_yet(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+        let _ = url.raw();
+        Err(CliError::usage(format!(
+            "scheme {}:// is recognised but its backend is not built yet",
+            url.scheme()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Store {
+        StoreUrl::parse(text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .store
+    }
+
+    fn err(text: &str) -> CliError {
+        StoreUrl::parse(text).expect_err(text)
+    }
+
+    #[test]
+    fn sqlite_paths_relative_and_absolute() {
+        assert_eq!(
+            parse("sqlite://leases.db"),
+            Store::Sqlite {
+                path: "leases.db".into()
+            }
+        );
+        assert_eq!(
+            parse("sqlite://dir/leases.db"),
+            Store::Sqlite {
+                path: "dir/leases.db".into()
+            }
+        );
+        assert_eq!(
+            parse("sqlite:///var/lib/l.db"),
+            Store::Sqlite {
+                path: "/var/lib/l.db".into()
+            }
+        );
+        assert_eq!(
+            parse("SQLITE:///x.db?mode=rwc"),
+            Store::Sqlite {
+                path: "/x.db".into()
+            }
+        );
+        assert_eq!(err("sqlite://").code, exit::USAGE);
+        assert!(err("sqlite://:memory:").message.contains("memory://"));
+    }
+
+    #[test]
+    fn sql_servers() {
+        assert_eq!(parse("postgres://u:p@db:5432/leases"), Store::Postgres);
+        assert_eq!(
+            parse("postgresql:///leases?host=/run/postgresql"),
+            Store::Postgres
+        );
+        assert_eq!(parse("postgres://a:5432,b:5433/db"), Store::Postgres);
+        assert_eq!(parse("postgres://[::1]:5432/db"), Store::Postgres);
+        assert_eq!(parse("mysql://root@127.0.0.1:3306/test"), Store::Mysql);
+        assert_eq!(parse("mariadb://root@db/test"), Store::Mysql);
+        let e = err("postgres://u:hunter2@db:54x2/leases");
+        assert_eq!(e.code, exit::USAGE);
+        assert!(e.message.contains("54x2"), "{}", e.message);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(err("mysql:///test").message.contains("needs a host"));
+        assert!(err("postgres://[::1/db").message.contains("unclosed"));
+    }
+
+    #[test]
+    fn azure_and_object_stores() {
+        assert_eq!(
+            parse(
+                "azblob://devstoreaccount1/leases?endpoint=http://127.0.0.1:10000/devstoreaccount1"
+            ),
+            Store::AzBlob {
+                account: "devstoreaccount1".into(),
+                container: "leases".into()
+            }
+        );
+        assert!(
+            err("azblob://account")
+                .message
+                .contains("ACCOUNT/CONTAINER")
+        );
+        assert!(
+            err("azblob://acct:key@x/c")
+                .message
+                .contains("AZURE_STORAGE_KEY")
+        );
+        assert_eq!(
+            parse("s3://bucket/team/leases/"),
+            Store::ObjectStore {
+                scheme: "s3",
+                bucket: "bucket".into(),
+                prefix: "team/leases".into()
+            }
+        );
+        assert_eq!(
+            parse("gs://b"),
+            Store::ObjectStore {
+                scheme: "gs",
+                bucket: "b".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            parse("az://container/p"),
+            Store::ObjectStore {
+                scheme: "az",
+                bucket: "container".into(),
+                prefix: "p".into()
+            }
+        );
+        assert!(err("s3://").message.contains("s3://BUCKET"));
+        assert_eq!(
+            parse("file:///srv/leases"),
+            Store::File {
+                dir: "/srv/leases".into()
+            }
+        );
+        assert!(err("file://relative").message.contains("ABSOLUTE"));
+        assert_eq!(parse("memory://"), Store::Memory);
+        assert!(err("memory://host").message.contains("no host"));
+    }
+
+    #[test]
+    fn bad_and_unknown_urls_are_usage_errors() {
+        let e = err("not a url");
+        assert_eq!(e.code, exit::USAGE);
+        assert!(e.message.starts_with("invalid store URL 'not a url'"));
+        let e = err("redis://u:secret@cache/0");
+        assert_eq!(e.code, exit::USAGE);
+        assert!(
+            e.message.contains("unknown store scheme 'redis://'"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("secret"), "{}", e.message);
+        assert!(err("://x").message.contains("SCHEME://"));
+    }
+
+    #[test]
+    fn redacts_userinfo_passwords() {
+        assert_eq!(
+            redact("postgres://app:s3cr3t@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(redact("postgres://a:b:c@h/d"), "postgres://a:***@h/d");
+        // An '@' in the password: the last '@' ends the userinfo.
+        assert_eq!(redact("postgres://a:p@ss@h/d"), "postgres://a:***@h/d");
+        assert_eq!(redact("sqlite:///var/lib/l.db"), "sqlite:///var/lib/l.db");
+        assert_eq!(redact("user:pw@host"), "user:***@host");
+    }
+
+    #[test]
+    fn redacts_secret_query_parameters() {
+        assert_eq!(
+            redact("azblob://acct/c?sv=2024-01-01&sig=AbC%2Bd&se=2026"),
+            "azblob://acct/c?sv=2024-01-01&sig=***&se=2026"
+        );
+        assert_eq!(
+            redact("postgres://h/db?password=x&sslmode=require&application_name=a"),
+            "postgres://h/db?password=***&sslmode=require&application_name=a"
+        );
+        assert_eq!(
+            redact("s3://b/p?access_key_id=AK&secret_access_key=SK&token=T#frag"),
+            "s3://b/p?access_key_id=***&secret_access_key=***&token=***#frag"
+        );
+        assert_eq!(
+            redact("az://c?account_key=K&AccountKey=K2"),
+            "az://c?account_key=***&AccountKey=***"
+        );
+        assert_eq!(
+            redact("x://h/p?flag&empty_token="),
+            "x://h/p?flag&empty_token="
+        );
+    }
+
+    #[test]
+    fn scrub_removes_secrets_echoed_by_drivers() {
+        let url = StoreUrl::parse("postgres://app:hunter2@db/x?sslpassword=pw99").unwrap();
+        let msg =
+            "connect to postgres://app:hunter2@db/x?sslpassword=pw99 failed; auth hunter2 pw99";
+        let clean = url.scrub(msg);
+        assert!(
+            !clean.contains("hunter2") && !clean.contains("pw99"),
+            "{clean}"
+        );
+        assert!(clean.contains("postgres://app:***@db/x"), "{clean}");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redact_words_in_free_text() {
+        assert_eq!(
+            redact_words("unexpected argument 'postgres://u:pw@h/d' found"),
+            "unexpected argument 'postgres://u:***@h/d' found"
+        );
+    }
+
+    #[test]
+    fn default_state_dir_follows_xdg_then_home() {
+        assert_eq!(
+            default_state_dir(Some("/x/state"), Some("/home/u")),
+            Some("/x/state/lease".into())
+        );
+        assert_eq!(
+            default_state_dir(Some("relative"), Some("/home/u")),
+            Some("/home/u/.local/state/lease".into())
+        );
+        assert_eq!(
+            default_state_dir(None, Some("/home/u")),
+            Some("/home/u/.local/state/lease".into())
+        );
+        assert_eq!(default_state_dir(None, None), None);
+        assert_eq!(default_state_dir(Some(""), Some("")), None);
+    }
+
+    #[tokio::test]
+    async fn unbuilt_schemes_say_so() {
+        for url in [
+            "s3://b/p",
+            "gs://b",
+            "az://c",
+            "file:///tmp/x",
+            "azblob://a/c",
+        ] {
+            let parsed = StoreUrl::parse(url).unwrap();
+            let e = connect(&parsed).await.err().expect(url);
+            assert_eq!(e.code, exit::USAGE);
+            assert!(
+                e.message
+                    .ends_with("is recognised but its backend is not built yet"),
+                "{e}"
+            );
+        }
+    }
+}
