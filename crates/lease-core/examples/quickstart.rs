@@ -21,8 +21,13 @@ async fn main() -> Result<(), lease_core::Error> {
                     .run_exclusive("quickstart", |lease| {
                         let fence = fence.clone();
                         async move {
-                            fence.admit(lease.fencing_token()).expect("tokens only rise");
-                            println!("worker {id} holds the lease, fencing token {}", lease.fencing_token());
+                            fence
+                                .admit(lease.fencing_token())
+                                .expect("tokens only rise");
+                            println!(
+                                "worker {id} holds the lease, fencing token {}",
+                                lease.fencing_token()
+                            );
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     })
@@ -34,6 +39,9 @@ async fn main() -> Result<(), lease_core::Error> {
     for worker in workers {
         worker.await.expect("worker panicked")?;
     }
-    println!("highest fencing token: {}", fence.highest().map_or(0, |t| t.get()));
+    println!(
+        "highest fencing token: {}",
+        fence.highest().map_or(0, |t| t.get())
+    );
     Ok(())
 }

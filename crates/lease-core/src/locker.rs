@@ -121,9 +121,7 @@ impl LockerBuilder {
     /// policy.
     pub fn build(self) -> Result<Locker, InvalidInput> {
         let caps = self.backend.capabilities();
-        let ttl = self
-            .ttl
-            .unwrap_or_else(|| Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl));
+        let ttl = self.ttl.unwrap_or_else(|| default_ttl(&caps));
         let mut options = LockerOptions::for_ttl(ttl);
         if let Some(v) = self.renew_interval {
             options.renew_interval = v;
@@ -138,16 +136,14 @@ impl LockerBuilder {
             options.retry = v;
         }
         options.validate(&caps)?;
-        let renewer = Renewer::new(Arc::clone(&self.backend), options.clone());
-        Ok(Locker {
-            inner: Arc::new(LockerInner {
-                backend: self.backend,
-                options,
-                metadata: self.metadata.unwrap_or_else(HolderMetadata::this_process),
-                renewer,
-            }),
-        })
+        let metadata = self.metadata.unwrap_or_else(HolderMetadata::this_process);
+        Ok(Locker::assemble(self.backend, options, metadata))
     }
+}
+
+/// 30 s, clamped into the backend's TTL range.
+fn default_ttl(caps: &crate::backend::Capabilities) -> Duration {
+    Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl)
 }
 
 /// The result of one acquire attempt.
@@ -192,15 +188,22 @@ impl Locker {
 
     /// A locker with default options on a shared backend (chosen at run time, say).
     pub fn from_shared(backend: Arc<dyn Backend>) -> Self {
-        let caps = backend.capabilities();
-        let ttl = Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl);
-        let options = LockerOptions::for_ttl(ttl);
+        // The defaults are valid for any TTL, so no validation is needed here.
+        let options = LockerOptions::for_ttl(default_ttl(&backend.capabilities()));
+        Self::assemble(backend, options, HolderMetadata::this_process())
+    }
+
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        options: LockerOptions,
+        metadata: HolderMetadata,
+    ) -> Self {
         let renewer = Renewer::new(Arc::clone(&backend), options.clone());
         Self {
             inner: Arc::new(LockerInner {
                 backend,
                 options,
-                metadata: HolderMetadata::this_process(),
+                metadata,
                 renewer,
             }),
         }
@@ -425,6 +428,9 @@ impl Locker {
         // next attempt (acquire is idempotent per holder token).
         let mut pending = self.pending(key);
         let mut delays = self.inner.options.retry.delays();
+        // Once an attempt's outcome was unknown, its write may still land later: keep the
+        // background release armed until we hold the key.
+        let mut uncertain = false;
         loop {
             pending.armed = true;
             let delay = delays.next().unwrap_or(self.inner.options.retry.max_delay);
@@ -434,7 +440,7 @@ impl Locker {
                     return Ok(lease);
                 }
                 Ok(Attempt::Held(record)) => {
-                    pending.armed = false;
+                    pending.armed = uncertain;
                     // Wake up early when the holder's expiry is due before the next poll.
                     let wait = record
                         .as_ref()
@@ -450,6 +456,7 @@ impl Locker {
                     }
                 }
                 Err(Error::Backend(e)) if e.is_transient() => {
+                    uncertain = true;
                     tracing::warn!(key = %key, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "acquire failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -561,8 +568,10 @@ pub(crate) async fn traced<T: fmt::Debug>(
     key: &LeaseKey,
     call: impl Future<Output = Result<Result<T, BackendError>, tokio::time::error::Elapsed>>,
 ) -> Result<T, BackendError> {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!("backend_call", backend = backend.name(), op, key = %key);
     let started = std::time::Instant::now();
-    let result = match call.await {
+    let result = match call.instrument(span.clone()).await {
         Ok(result) => result,
         Err(_) => Err(BackendError::transient(
             backend.name(),
@@ -570,6 +579,7 @@ pub(crate) async fn traced<T: fmt::Debug>(
         )),
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let _entered = span.enter();
     match &result {
         Ok(outcome) => {
             tracing::debug!(backend = backend.name(), op, key = %key, latency_ms, ?outcome, "backend call")

@@ -99,26 +99,26 @@ impl World {
     async fn apply(&mut self, step: &Step) -> Result<(), TestCaseError> {
         match *step {
             Step::TryAcquire(i) => {
-                if self.clients[i].lease.is_none() {
-                    if let Ok(Some(lease)) = self.clients[i].locker.try_acquire("the-key").await {
-                        for (j, other) in self.clients.iter().enumerate() {
-                            if j != i {
-                                prop_assert!(
-                                    !other.lease.as_ref().is_some_and(Lease::is_held),
-                                    "client {i} was granted the key while client {j} still holds it"
-                                );
-                            }
-                        }
-                        if let Some(last) = self.granted.last() {
+                let idle = self.clients[i].lease.is_none();
+                if idle && let Ok(Some(lease)) = self.clients[i].locker.try_acquire("the-key").await
+                {
+                    for (j, other) in self.clients.iter().enumerate() {
+                        if j != i {
                             prop_assert!(
-                                lease.fencing_token() > *last,
-                                "token {} after {last}",
-                                lease.fencing_token()
+                                !other.lease.as_ref().is_some_and(Lease::is_held),
+                                "client {i} was granted the key while client {j} still holds it"
                             );
                         }
-                        self.granted.push(lease.fencing_token());
-                        self.clients[i].lease = Some(lease);
                     }
+                    if let Some(last) = self.granted.last() {
+                        prop_assert!(
+                            lease.fencing_token() > *last,
+                            "token {} after {last}",
+                            lease.fencing_token()
+                        );
+                    }
+                    self.granted.push(lease.fencing_token());
+                    self.clients[i].lease = Some(lease);
                 }
             }
             Step::Release(i) => {
