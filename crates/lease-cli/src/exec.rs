@@ -80,7 +80,15 @@ impl Runner {
             self.name,
             lease.fencing_token()
         ));
-        let end = self.supervise(&lease, &mut signals).await?;
+        let end = match self.supervise(&lease, &mut signals).await {
+            Ok(end) => end,
+            Err(e) => {
+                // The command could not be started: give the lease back now (a release on drop
+                // might not finish before this process exits).
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
         self.finish(lease, end).await
     }
 
@@ -105,7 +113,13 @@ impl Runner {
                 self.name,
                 leadership.fencing_token()
             ));
-            let end = self.supervise(leadership.lease(), &mut signals).await?;
+            let end = match self.supervise(leadership.lease(), &mut signals).await {
+                Ok(end) => end,
+                Err(e) => {
+                    let _ = leadership.resign().await;
+                    return Err(e);
+                }
+            };
             let again = restart
                 && !matches!(
                     end,

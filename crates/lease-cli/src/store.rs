@@ -24,7 +24,7 @@ pub(crate) enum Store {
     /// Azure Blob Storage leases on blobs in `container` of `account`.
     AzBlob { account: String, container: String },
     /// An object-store bucket or container, with an optional key prefix.
-    ObjectStore {
+    Bucket {
         scheme: &'static str,
         bucket: String,
         prefix: String,
@@ -132,7 +132,7 @@ impl StoreUrl {
                     "gs" => "gs",
                     _ => "az",
                 };
-                Store::ObjectStore {
+                Store::Bucket {
                     scheme,
                     bucket: bucket.to_owned(),
                     prefix: prefix.trim_matches('/').to_owned(),
@@ -368,7 +368,7 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError
         }
         Store::Postgres => sql::postgres(url).await,
         Store::Mysql => sql::mysql(url).await,
-        Store::AzBlob { .. } | Store::ObjectStore { .. } | Store::File { .. } => {
+        Store::AzBlob { .. } | Store::Bucket { .. } | Store::File { .. } => {
             Err(CliError::usage(format!(
                 "scheme {}:// is recognised but its backend is not built yet",
                 url.scheme()
@@ -378,22 +378,67 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError
 }
 
 mod sql {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use lease_sql::SqlOptions;
+
     use super::*;
 
+    /// A command needs few connections: an operation, the renewer, and PostgreSQL's LISTEN.
+    fn options() -> SqlOptions {
+        SqlOptions::default()
+            .with_max_connections(3)
+            .with_acquire_timeout(Duration::from_secs(5))
+    }
+
+    fn failed(url: &StoreUrl, what: &str, e: &lease_core::Error) -> CliError {
+        let mut err = CliError::from_lease(e);
+        err.message = url.scrub(&format!(
+            "cannot {what} store {}: {}",
+            url.redacted(),
+            err.message
+        ));
+        err
+    }
+
+    /// Creates the table if missing. Several processes starting at once may race on
+    /// `CREATE TABLE IF NOT EXISTS` (PostgreSQL can report a duplicate type); a retry settles it.
+    async fn migrate<F: Future<Output = Result<(), lease_core::Error>>>(
+        url: &StoreUrl,
+        mut run: impl FnMut() -> F,
+    ) -> Result<(), CliError> {
+        let mut attempt = 0;
+        loop {
+            match run().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && e.kind() != lease_core::ErrorKind::InvalidInput => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "creating the lease table failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(failed(url, "prepare", &e)),
+            }
+        }
+    }
+
     pub(super) async fn sqlite(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        not_yet(url)
+        let backend = lease_sql::SqliteBackend::connect_with(url.raw(), options())
+            .await
+            .map_err(|e| failed(url, "open", &e))?;
+        migrate(url, || backend.migrate()).await?;
+        Ok(Arc::new(backend))
     }
 
     pub(super) async fn postgres(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        not_yet(url)
+        let backend = lease_sql::PostgresBackend::connect_with(url.raw(), options())
+            .await
+            .map_err(|e| failed(url, "connect to", &e))?;
+        migrate(url, || backend.migrate()).await?;
+        Ok(Arc::new(backend))
     }
 
     pub(super) async fn mysql(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        not_yet(url)
-    }
-
-    fn not_yet(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        let _ = url.raw();
         Err(CliError::usage(format!(
             "scheme {}:// is recognised but its backend is not built yet",
             url.scheme()
@@ -487,7 +532,7 @@ mod tests {
         );
         assert_eq!(
             parse("s3://bucket/team/leases/"),
-            Store::ObjectStore {
+            Store::Bucket {
                 scheme: "s3",
                 bucket: "bucket".into(),
                 prefix: "team/leases".into()
@@ -495,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             parse("gs://b"),
-            Store::ObjectStore {
+            Store::Bucket {
                 scheme: "gs",
                 bucket: "b".into(),
                 prefix: String::new()
@@ -503,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             parse("az://container/p"),
-            Store::ObjectStore {
+            Store::Bucket {
                 scheme: "az",
                 bucket: "container".into(),
                 prefix: "p".into()
@@ -628,7 +673,7 @@ mod tests {
             "azblob://a/c",
         ] {
             let parsed = StoreUrl::parse(url).unwrap();
-            let e = connect(&parsed).await.err().expect(url);
+            let e = connect(&parsed).await.expect_err(url);
             assert_eq!(e.code, exit::USAGE);
             assert!(
                 e.message

@@ -1,0 +1,794 @@
+//! The real `lease` binary, run as separate processes against real stores.
+//!
+//! SQLite tests always run. The PostgreSQL and MariaDB variants run when `LEASE_TEST_POSTGRES_URL`
+//! / `LEASE_TEST_MYSQL_URL` are set (`cargo xtask test` sets them); with `LEASE_TEST_REQUIRE=1` a
+//! missing variable fails the test instead of skipping it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const USAGE: i32 = 64;
+const UNAVAILABLE: i32 = 69;
+const HELD: i32 = 73;
+const TIMEOUT: i32 = 74;
+const LOST: i32 = 75;
+
+/// A lease name no other test (or earlier run on a shared server) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "test-{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The binary with a clean environment: no LEASE_STORE, and a private state directory.
+fn lease(state: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lease"));
+    cmd.env_remove("LEASE_STORE")
+        .env_remove("LEASE_LOG")
+        .env("XDG_STATE_HOME", state.join("xdg"))
+        .env("HOME", state.join("home"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("leases.db").display())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run lease")
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `path` exists and is not empty.
+fn wait_for_file(path: &Path, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for a child with a limit, killing it if it overruns.
+fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Kills a leftover process group (a command whose `lease` was SIGKILLed keeps running).
+fn kill_group(pgid: &str) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", pgid.trim())])
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual exclusion and fencing across processes, per store.
+
+/// 8 `lease exec` processes at once; each command appends `start T` / `end T` with its fencing
+/// token. No two commands may overlap, and the tokens must strictly increase.
+fn no_overlap(store: &str, dir: &Path) {
+    let name = unique("overlap");
+    let log = dir.join(format!("{name}.log"));
+    let script = format!(
+        "echo \"start $LEASE_FENCING_TOKEN\" >> '{log}'; sleep 0.1; echo \"end $LEASE_FENCING_TOKEN\" >> '{log}'",
+        log = log.display()
+    );
+    let children: Vec<Child> = (0..8)
+        .map(|_| {
+            lease(dir)
+                .args([
+                    "--store", store, "exec", &name, "--ttl", "10s", "--", "sh", "-c", &script,
+                ])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "exec failed: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 16, "{text}");
+    let mut last = 0u64;
+    for pair in lines.chunks(2) {
+        let start: u64 = pair[0]
+            .strip_prefix("start ")
+            .expect(&text)
+            .parse()
+            .unwrap();
+        let end: u64 = pair[1].strip_prefix("end ").expect(&text).parse().unwrap();
+        assert_eq!(start, end, "overlap or interleaving:\n{text}");
+        assert!(start > last, "tokens not strictly increasing:\n{text}");
+        last = start;
+    }
+}
+
+#[test]
+fn eight_concurrent_execs_on_sqlite_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    no_overlap(&sqlite_url(dir.path()), dir.path());
+}
+
+/// The server URL from `var`, or `None` (with a loud SKIPPED) when unset and not required.
+fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let required = std::env::var("LEASE_TEST_REQUIRE").is_ok_and(|v| v == "1");
+            assert!(!required, "{var} is not set and LEASE_TEST_REQUIRE=1");
+            eprintln!("SKIPPED: {var} is not set; this test did not run");
+            None
+        }
+    }
+}
+
+#[test]
+fn eight_concurrent_execs_on_postgres_never_overlap() {
+    let Some(url) = server_url("LEASE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    no_overlap(&url, dir.path());
+}
+
+#[test]
+fn eight_concurrent_execs_on_mariadb_never_overlap() {
+    let Some(url) = server_url("LEASE_TEST_MYSQL_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    no_overlap(&url, dir.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry, loss and signals.
+
+#[test]
+fn a_killed_holder_is_taken_over_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("takeover");
+    let info = dir.path().join("first");
+    let script = format!(
+        "echo \"$LEASE_FENCING_TOKEN $$\" > '{}'; exec sleep 60",
+        info.display()
+    );
+    let mut first = lease(dir.path())
+        .args([
+            "--store", &store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &script,
+        ])
+        .spawn()
+        .unwrap();
+    let text = wait_for_file(&info, Duration::from_secs(10));
+    let (token, pgid) = text.trim().split_once(' ').unwrap();
+    let first_token: u64 = token.parse().unwrap();
+    // Let it renew at least once, so the takeover waits for a renewed grant to run out.
+    std::thread::sleep(Duration::from_millis(900));
+    first.kill().unwrap(); // SIGKILL: it cannot release.
+    let killed = Instant::now();
+    first.wait().unwrap();
+    let out = run(lease(dir.path()).args([
+        "--store",
+        &store,
+        "exec",
+        &name,
+        "--ttl",
+        "2s",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo $LEASE_FENCING_TOKEN",
+    ]));
+    let waited = killed.elapsed();
+    kill_group(pgid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second_token: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        second_token > first_token,
+        "{second_token} <= {first_token}"
+    );
+    // The last renewal was at most a renew interval (ttl/3) before the kill.
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "taken over too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "took too long: {waited:?}"
+    );
+}
+
+#[test]
+fn no_wait_on_a_held_lease_exits_with_the_held_code_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("nowait");
+    let ready = dir.path().join("ready");
+    let script = format!("echo up > '{}'; exec sleep 30", ready.display());
+    let mut holder = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "exec",
+            &name,
+            "--holder",
+            "the-holder",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let started = Instant::now();
+    let out =
+        run(lease(dir.path()).args(["--store", &store, "exec", &name, "--no-wait", "--", "true"]));
+    assert_eq!(out.status.code(), Some(HELD), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr_lines(&out);
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("held by the-holder"), "{err:?}");
+
+    // --timeout gives up with its own code.
+    let out = run(lease(dir.path()).args([
+        "--store",
+        &store,
+        "exec",
+        &name,
+        "--timeout",
+        "300ms",
+        "--",
+        "true",
+    ]));
+    assert_eq!(out.status.code(), Some(TIMEOUT), "{out:?}");
+
+    // status shows the holder.
+    let out = run(lease(dir.path()).args(["--store", &store, "status", &name, "--json"]));
+    assert!(out.status.success());
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"holder\":\"the-holder\""), "{json}");
+    assert!(json.contains("\"state\":\"held\""), "{json}");
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn signals_are_forwarded_and_the_lease_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("sigint");
+    let ready = dir.path().join("ready");
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo INT >> \"{log}\"; exit 3' INT; echo up > '{ready}'; while :; do sleep 0.05; done",
+        log = log.display(),
+        ready = ready.display()
+    );
+    let mut holder = lease(dir.path())
+        .args([
+            "--store", &store, "exec", &name, "--ttl", "30s", "--", "sh", "-c", &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    signal(holder.id(), "-INT");
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "lease should exit with the command's status"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "INT\n");
+    // Released, not left to expire (the TTL is 30 s).
+    let out =
+        run(lease(dir.path()).args(["--store", &store, "exec", &name, "--no-wait", "--", "true"]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn a_broken_lease_is_lost_and_the_command_terminated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("lost");
+    let ready = dir.path().join("ready");
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo TERM >> \"{log}\"; exit 0' TERM; echo up > '{ready}'; while :; do sleep 0.05; done",
+        log = log.display(),
+        ready = ready.display()
+    );
+    let mut holder = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "exec",
+            &name,
+            "--ttl",
+            "2s",
+            "--kill-after",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    // Two renewals go by; the holder must still be running.
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the holder stopped before the break"
+    );
+    assert!(!log.exists(), "the command was signalled before the break");
+
+    let out = run(lease(dir.path()).args(["--store", &store, "break", &name, "--yes"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("broke lease"),
+        "{out:?}"
+    );
+    let broke = Instant::now();
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(LOST));
+    // It noticed at a renewal: within about a renew interval (2s/3), with slack for slow machines.
+    assert!(
+        broke.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        broke.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "TERM\n");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("lost lease"), "{err}");
+}
+
+#[test]
+fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("kill");
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "trap '' TERM; echo up > '{}'; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut holder = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "exec",
+            &name,
+            "--ttl",
+            "2s",
+            "--kill-after",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let out = run(lease(dir.path()).args(["--store", &store, "break", &name, "--yes"]));
+    assert!(out.status.success(), "{out:?}");
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(LOST));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage errors: one line, code 64.
+
+fn assert_usage_error(args: &[&str], expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(lease(dir.path()).args(args));
+    let err = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(USAGE), "{args:?}: {err:?}");
+    assert_eq!(err.len(), 1, "{args:?}: expected one line, got {err:?}");
+    assert!(err[0].starts_with("lease: "), "{err:?}");
+    assert!(
+        err[0].contains(expect),
+        "{args:?}: {err:?} lacks {expect:?}"
+    );
+}
+
+#[test]
+fn a_bad_store_url_is_a_one_line_usage_error() {
+    assert_usage_error(
+        &["--store", "not a url", "status", "x"],
+        "invalid store URL 'not a url'",
+    );
+    assert_usage_error(
+        &["--store", "postgres://app:hunter2@db:54x2/l", "status", "x"],
+        "app:***@db",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        run(lease(dir.path()).args(["--store", "postgres://app:hunter2@db:54x2/l", "status", "x"]));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+}
+
+#[test]
+fn a_bad_duration_is_a_one_line_usage_error() {
+    assert_usage_error(
+        &[
+            "--store",
+            "memory://",
+            "exec",
+            "x",
+            "--ttl",
+            "5x",
+            "--",
+            "true",
+        ],
+        "--ttl",
+    );
+    assert_usage_error(
+        &[
+            "--store",
+            "memory://",
+            "exec",
+            "x",
+            "--timeout",
+            "soon",
+            "--",
+            "true",
+        ],
+        "--timeout",
+    );
+    assert_usage_error(
+        &[
+            "--store",
+            "memory://",
+            "exec",
+            "x",
+            "--ttl",
+            "0s",
+            "--",
+            "true",
+        ],
+        "greater than zero",
+    );
+}
+
+#[test]
+fn an_unknown_scheme_is_a_one_line_usage_error() {
+    assert_usage_error(
+        &["--store", "redis://u:pw@cache/0", "status", "x"],
+        "unknown store scheme 'redis://'",
+    );
+}
+
+#[test]
+fn recognised_but_unbuilt_schemes_say_so() {
+    for url in [
+        "s3://bucket/prefix",
+        "gs://bucket",
+        "az://container/p",
+        "file:///tmp/leases",
+        "azblob://acct/leases",
+    ] {
+        assert_usage_error(
+            &["--store", url, "status", "x"],
+            "is recognised but its backend is not built yet",
+        );
+    }
+}
+
+#[test]
+fn other_usage_errors() {
+    assert_usage_error(
+        &["--store", "memory://", "exec", "bad name", "--", "true"],
+        "lease name",
+    );
+    assert_usage_error(&["--store", "memory://", "exec", "x"], "required");
+    assert_usage_error(
+        &[
+            "--store",
+            "memory://",
+            "exec",
+            "x",
+            "--no-wait",
+            "--timeout",
+            "1s",
+            "--",
+            "true",
+        ],
+        "cannot be used with",
+    );
+    // No terminal to confirm on, no --yes.
+    assert_usage_error(&["--store", "memory://", "break", "x"], "--yes");
+}
+
+#[test]
+fn an_unreachable_server_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        run(lease(dir.path()).args(["--store", "postgres://u:pw@127.0.0.1:1/db", "status", "x"]));
+    let err = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(UNAVAILABLE), "{err:?}");
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("u:***@127.0.0.1:1"), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit statuses, environment, default store.
+
+#[test]
+fn the_command_status_and_environment_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("status");
+    let out = run(lease(dir.path()).args([
+        "--store",
+        &store,
+        "exec",
+        &name,
+        "--holder",
+        "me@host",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$LEASE_NAME|$LEASE_FENCING_TOKEN|$LEASE_HOLDER\"; exit 7",
+    ]));
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{name}|1|me@host")
+    );
+    let out = run(lease(dir.path()).args([
+        "--store",
+        &store,
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+    ]));
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let out = run(lease(dir.path()).args([
+        "--store",
+        &store,
+        "exec",
+        &name,
+        "--",
+        "/nonexistent/command",
+    ]));
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(stderr_lines(&out).len(), 1);
+    // Each run got a new token; the counter survived every release.
+    let out = run(lease(dir.path()).args(["--store", &store, "status", &name, "--json"]));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"fencing_token\":3"), "{json}");
+    assert!(json.contains("\"state\":\"free\""), "{json}");
+}
+
+#[test]
+fn the_default_store_is_a_sqlite_file_in_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("default");
+    let out = run(lease(dir.path()).args(["exec", &name, "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("xdg/lease/leases.db").is_file());
+    // Without XDG_STATE_HOME: ~/.local/state/lease.
+    let out = run(lease(dir.path())
+        .env_remove("XDG_STATE_HOME")
+        .args(["exec", &name, "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        dir.path()
+            .join("home/.local/state/lease/leases.db")
+            .is_file()
+    );
+    // LEASE_STORE picks another one.
+    let other = dir.path().join("other.db");
+    let out = run(lease(dir.path())
+        .env("LEASE_STORE", format!("sqlite://{}", other.display()))
+        .args(["exec", &name, "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(other.is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
+// watch, elect, demo.
+
+#[test]
+fn watch_prints_holder_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("watch");
+    let mut watcher = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "watch",
+            &name,
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.ends_with(&format!("{name}: no holder")), "{first}");
+    let out = run(lease(dir.path()).args([
+        "--store", &store, "exec", &name, "--holder", "watched", "--", "sleep", "1",
+    ]));
+    assert!(out.status.success());
+    let second = lines.next().unwrap().unwrap();
+    assert!(second.contains("held by watched"), "{second}");
+    assert!(second.contains("fencing token 1"), "{second}");
+    assert!(wait_with_limit(&mut watcher, Duration::from_secs(5)).success());
+}
+
+#[test]
+fn elect_runs_one_leader_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("elect");
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $LEASE_FENCING_TOKEN\" >> '{log}'; sleep 0.3; echo \"end $LEASE_FENCING_TOKEN\" >> '{log}'",
+        log = log.display()
+    );
+    let children: Vec<Child> = (0..3)
+        .map(|_| {
+            lease(dir.path())
+                .args([
+                    "--store", &store, "elect", &name, "--ttl", "5s", "--", "sh", "-c", &script,
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(wait_with_limit(&mut child, Duration::from_secs(30)).success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let tokens: Vec<&str> = text.lines().collect();
+    assert_eq!(tokens.len(), 6, "{text}");
+    for pair in tokens.chunks(2) {
+        assert_eq!(pair[0].replace("start", "end"), pair[1], "{text}");
+    }
+}
+
+#[test]
+fn elect_restart_campaigns_again_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("restart");
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo $LEASE_FENCING_TOKEN >> '{}'; sleep 0.1",
+        log.display()
+    );
+    let mut child = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "elect",
+            &name,
+            "--restart",
+            "--restart-delay",
+            "50ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "fewer than 3 terms"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id(), "-TERM");
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let tokens: Vec<u64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{text}");
+}
+
+fn demo_tokens(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split("fencing token").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn demo_ends_by_itself_with_rising_tokens() {
+    for store in ["memory://".to_owned(), {
+        let dir = tempfile::tempdir().unwrap().keep();
+        sqlite_url(&dir)
+    }] {
+        let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+        let out =
+            run(lease(&dir).args(["--store", &store, "demo", "--rounds", "6", "--hold", "50ms"]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{store}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tokens = demo_tokens(&stdout);
+        assert_eq!(tokens.len(), 6, "{stdout}");
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{stdout}");
+        assert!(stdout.contains("strictly increasing: yes"), "{stdout}");
+        assert!(stdout.contains("is refused by the fence"), "{stdout}");
+    }
+}
