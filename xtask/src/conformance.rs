@@ -122,7 +122,16 @@ fn server_column(b: &Backend, rig: &Rig) -> String {
 /// Runs one row's suite.
 pub(crate) fn run_row(b: &'static Backend, exists: &Result<(), String>, rig: &Rig) -> RowResult {
     let started = Instant::now();
-    let server = server_column(b, rig);
+    let server = if exists.is_ok() {
+        server_column(b, rig)
+    } else {
+        let names: Vec<&str> = b.needs.iter().map(|s| s.name()).collect();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names.join(", ")
+        }
+    };
     let done = |outcome, counts| RowResult {
         backend: b.name,
         server: server.clone(),
@@ -161,6 +170,9 @@ pub(crate) fn run_row(b: &'static Backend, exists: &Result<(), String>, rig: &Ri
         (true, Some(c)) if c.ran() == 0 => Outcome::Skipped("the suite ran no test".into()),
         (true, _) => Outcome::Passed,
         (false, Some(c)) if c.failed > 0 => Outcome::Failed(format!("{} failed", c.failed)),
+        (false, None) if output.text.contains("could not compile") => {
+            Outcome::Failed("build failed".into())
+        }
         (false, _) => Outcome::Failed(format!("cargo nextest exited with {}", output.status)),
     };
     done(outcome, counts)

@@ -90,7 +90,7 @@ fn endpoints_of(state: &State, via: &str) -> Vec<Endpoint> {
                 .map_or_else(|| s.url.clone(), |(h, p)| format!("{h}:{p}"));
             let mut ep = Endpoint::new(
                 s.server,
-                format!("{} {place} ({origin})", s.server.local_title()),
+                format!("{}{place} ({origin})", s.server.local_title()),
             );
             let main = env::var_for(s.server);
             for (k, v) in &all_env {

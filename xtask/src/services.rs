@@ -709,25 +709,20 @@ fn start_spawned(
         let port = ports::choose(server.default_port(), &avoid)?;
         avoid.push(port);
         let (args, url, probe_path) = match server {
-            Server::Azurite => {
-                let location = logs.join("azurite");
-                fs::create_dir_all(&location)?;
-                (
-                    vec![
-                        "--blobHost".into(),
-                        "127.0.0.1".into(),
-                        "--blobPort".into(),
-                        port.to_string(),
-                        "--inMemoryPersistence".into(),
-                        "--disableTelemetry".into(),
-                        "--skipApiVersionCheck".into(),
-                        "--location".into(),
-                        location.display().to_string(),
-                    ],
-                    format!("http://127.0.0.1:{port}/{}", env::AZURITE_ACCOUNT),
-                    format!("/{}?comp=list", env::AZURITE_ACCOUNT),
-                )
-            }
+            // In memory: no --location (Azurite refuses both); its working directory is the log folder.
+            Server::Azurite => (
+                vec![
+                    "--blobHost".into(),
+                    "127.0.0.1".into(),
+                    "--blobPort".into(),
+                    port.to_string(),
+                    "--inMemoryPersistence".into(),
+                    "--disableTelemetry".into(),
+                    "--skipApiVersionCheck".into(),
+                ],
+                format!("http://127.0.0.1:{port}/{}", env::AZURITE_ACCOUNT),
+                format!("/{}?comp=list", env::AZURITE_ACCOUNT),
+            ),
             Server::S3 => (
                 vec![
                     "-H".into(),
@@ -916,12 +911,12 @@ fn release(paths: &Paths, service: &Service) -> Vec<String> {
                 notes.push("removed directory".into());
             }
         }
-        Origin::System { started } => {
-            if *started {
-                notes.push("left running (system server the rig started)".into());
-            }
-        }
-        Origin::User => {}
+        Origin::System { started } => notes.push(if *started {
+            "left running (system server the rig started)".into()
+        } else {
+            "left running (system server)".into()
+        }),
+        Origin::User => notes.push("yours: left untouched".into()),
     }
     if let Some(db) = &service.database {
         let dropped = match service.server {

@@ -50,7 +50,7 @@ impl Table {
         let mut out = line(&self.header);
         out.push('\n');
         let total: usize = widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1);
-        out.push_str(&"-".repeat(total));
+        out.push_str(&"-".repeat(total.min(120)));
         out.push('\n');
         for row in &self.rows {
             out.push_str(&line(row));

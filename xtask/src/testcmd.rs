@@ -67,6 +67,9 @@ fn cargo_step(name: &str, args: &[&str], count: Option<fn(&str) -> Option<Counts
             } else {
                 match counts {
                     Some(c) if c.failed > 0 => StepResult::Failed(format!("{} failed", c.failed)),
+                    None if out.text.contains("could not compile") => {
+                        StepResult::Failed("build failed".into())
+                    }
                     _ => StepResult::Failed(format!("exit {}", out.status.code().unwrap_or(-1))),
                 }
             };
@@ -124,7 +127,13 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
         // `--workspace` includes xtask (not a default member), so the rig's own tests run here.
         cargo_step(
             "workspace tests",
-            &["nextest", "run", "--workspace", "--no-tests=warn"],
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--no-tests=warn",
+                "--no-fail-fast",
+            ],
             Some(nextest::parse_nextest_summary),
         ),
         cargo_step(
