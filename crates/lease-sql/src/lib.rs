@@ -1,3 +1,58 @@
-//! SQL lease backends for [`lease_core`] (placeholder: see issue "lease-sql").
+//! Leases (locks that expire) with fencing tokens in PostgreSQL, MySQL/MariaDB or SQLite, on the
+//! database server's own clock.
+//!
+//! One row per key holds the holder token, the holder's metadata, the fencing counter (never
+//! reset, never decremented: releases keep the row) and the expiry computed by the server. Acquire
+//! is one statement that inserts the row or takes it over when it is free or expired, bumping the
+//! fencing counter in the same atomic step; renew and release are one owner-checked statement
+//! each; a process's renewals are batched into one statement per interval. The protocol around
+//! them — deadlines, renewal, retries, resolving unknown outcomes — is [`lease_core`]'s, re-exported
+//! here so this crate is the only dependency a user needs.
+//!
+//! | backend | feature | expiry clock | wake-ups |
+//! |---|---|---|---|
+//! | [`PostgresBackend`] | `postgres` | `clock_timestamp()` | `LISTEN/NOTIFY` |
+//! | [`MySqlBackend`] | `mysql` | `UTC_TIMESTAMP(6)` | polling |
+//! | [`SqliteBackend`] | `sqlite` (default) | `julianday('now')` | polling |
+//!
+//! See `docs/backends/sql.md` for the schema, every statement, the clock model and how to fence a
+//! table with the token.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn example() -> Result<(), lease_sql::Error> {
+//! use lease_sql::{Locker, PostgresBackend};
+//! let backend = PostgresBackend::connect("postgres://app@db/app").await?;
+//! backend.migrate().await?;
+//! let locker = Locker::new(backend);
+//! locker
+//!     .run_exclusive("reports/daily", |lease| async move {
+//!         // UPDATE reports SET …, fence = $1 WHERE id = … AND fence <= $1
+//!         let _token = lease.fencing_token().get();
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod common;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use common::{SqlOptions, TableName};
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlBackend;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresBackend;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteBackend;
 
 pub use lease_core::*;
+
+/// The `sqlx` this crate is built on, for building pools passed to `from_pool`.
+pub use sqlx;

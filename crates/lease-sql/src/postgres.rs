@@ -1,0 +1,587 @@
+//! PostgreSQL: one upsert per acquire on `clock_timestamp()`, batched renewals through `unnest`,
+//! waiters woken by `LISTEN/NOTIFY`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lease_core::{
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Grant, LeaseKey,
+    LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::common::{
+    self, DbClass, RawRecord, SqlOptions, Stats, TableName, base_capabilities, granted_ttl, ttl_ms,
+};
+
+const NAME: &str = "postgres";
+
+/// Leases in a PostgreSQL table (PostgreSQL 12 or later).
+///
+/// Expiry is decided by the server's `clock_timestamp()`. Every operation is one statement in
+/// autocommit on the pool, so it works whether or not the caller has a transaction open elsewhere
+/// and never holds row locks between calls. Releases and breaks `NOTIFY` a channel that
+/// [`Backend::wait_for_change`] listens on, so a waiting [`Locker::acquire`](crate::Locker::acquire)
+/// gets the key about one round trip after its release.
+///
+/// ```no_run
+/// use lease_sql::{Locker, PostgresBackend};
+/// # #[tokio::main] async fn main() -> Result<(), lease_sql::Error> {
+/// let backend = PostgresBackend::connect("postgres://app@db.internal/app").await?;
+/// backend.migrate().await?;
+/// let locker = Locker::new(backend);
+/// let lease = locker.acquire("billing/run").await?;
+/// println!("fencing token {}", lease.fencing_token());
+/// lease.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    table: TableName,
+    channel: String,
+    sql: Statements,
+    stats: Stats,
+    notifier: Arc<Notifier>,
+    listener_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener_task.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+struct Statements {
+    create: String,
+    acquire: String,
+    read: String,
+    renew: String,
+    renew_many: String,
+    release: String,
+    break_lease: String,
+}
+
+/// The columns a read returns, in order: holder, holder_meta, fencing, ttl_ms, acquired_at (µs
+/// since the epoch), remaining (µs until expiry on the server's clock).
+fn read_columns(prefix: &str) -> String {
+    format!(
+        "{p}holder, {p}holder_meta, {p}fencing, {p}ttl_ms, \
+         (extract(epoch FROM {p}acquired_at) * 1000000)::bigint, \
+         (extract(epoch FROM ({p}expires_at - clock_timestamp())) * 1000000)::bigint",
+        p = prefix
+    )
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('"');
+        Self {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\n\
+                 \x20   name        TEXT PRIMARY KEY,\n\
+                 \x20   holder      TEXT,\n\
+                 \x20   holder_meta TEXT,\n\
+                 \x20   fencing     BIGINT NOT NULL,\n\
+                 \x20   ttl_ms      BIGINT,\n\
+                 \x20   acquired_at TIMESTAMPTZ,\n\
+                 \x20   expires_at  TIMESTAMPTZ\n\
+                 )"
+            ),
+            // `now` is computed once (the sub-select) and reaches the conflict branch as
+            // EXCLUDED.acquired_at, so every comparison in the statement uses the same instant.
+            acquire: format!(
+                "INSERT INTO {t} AS l (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)\n\
+                 SELECT $1, $2, $3, 1, $4::bigint, n.now, n.now + $4::bigint * interval '1 millisecond'\n\
+                 FROM (SELECT clock_timestamp() AS now) AS n\n\
+                 ON CONFLICT (name) DO UPDATE SET\n\
+                 \x20   fencing = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > EXCLUDED.acquired_at\n\
+                 \x20                 THEN l.fencing ELSE l.fencing + 1 END,\n\
+                 \x20   acquired_at = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > EXCLUDED.acquired_at\n\
+                 \x20                 THEN l.acquired_at ELSE EXCLUDED.acquired_at END,\n\
+                 \x20   holder = EXCLUDED.holder,\n\
+                 \x20   holder_meta = EXCLUDED.holder_meta,\n\
+                 \x20   ttl_ms = EXCLUDED.ttl_ms,\n\
+                 \x20   expires_at = EXCLUDED.expires_at\n\
+                 WHERE l.fencing >= 0\n\
+                 \x20 AND (l.holder IS NULL OR l.expires_at <= EXCLUDED.acquired_at OR l.holder = EXCLUDED.holder)\n\
+                 RETURNING l.fencing, l.ttl_ms"
+            ),
+            read: format!("SELECT {} FROM {t} WHERE name = $1", read_columns("")),
+            renew: format!(
+                "UPDATE {t} SET ttl_ms = $3, expires_at = clock_timestamp() + $3 * interval '1 millisecond'\n\
+                 WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()"
+            ),
+            renew_many: format!(
+                "UPDATE {t} AS l SET ttl_ms = r.ttl, expires_at = clock_timestamp() + r.ttl * interval '1 millisecond'\n\
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(name, holder, ttl)\n\
+                 WHERE l.name = r.name AND l.holder = r.holder AND l.expires_at > clock_timestamp()\n\
+                 RETURNING l.name, l.holder"
+            ),
+            release: format!(
+                "WITH released AS (\n\
+                 \x20   UPDATE {t} SET holder = NULL, holder_meta = NULL, acquired_at = NULL, expires_at = NULL\n\
+                 \x20   WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()\n\
+                 \x20   RETURNING name)\n\
+                 SELECT count(pg_notify($3, name)) FROM released"
+            ),
+            // The sub-select locks the row and carries its old values to RETURNING.
+            break_lease: format!(
+                "WITH old AS (SELECT * FROM {t} WHERE name = $1 FOR UPDATE),\n\
+                 broken AS (\n\
+                 \x20   UPDATE {t} AS l SET holder = NULL, holder_meta = NULL, acquired_at = NULL, expires_at = NULL\n\
+                 \x20   FROM old WHERE l.name = old.name RETURNING l.name)\n\
+                 SELECT {}, (SELECT count(pg_notify($2, name)) FROM broken) FROM old",
+                read_columns("old.")
+            ),
+        }
+    }
+}
+
+fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
+    let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+    match code.as_str() {
+        // serialization failure, deadlock, lock not available, query canceled (statement timeout),
+        // admin shutdown, crash shutdown, cannot connect now, too many connections
+        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300" => {
+            DbClass::Transient
+        }
+        // numeric value out of range: the fencing counter of a foreign row cannot be bumped
+        "22003" => DbClass::Corrupt,
+        // connection exceptions, insufficient resources
+        c if c.starts_with("08") || c.starts_with("53") => DbClass::Transient,
+        _ => DbClass::Fatal,
+    }
+}
+
+fn classify(op: &str, e: sqlx::Error) -> BackendError {
+    common::classify(NAME, op, e, db_class)
+}
+
+fn raw_record(row: &PgRow, offset: usize) -> Result<RawRecord, sqlx::Error> {
+    Ok(RawRecord {
+        holder: row.try_get(offset)?,
+        holder_meta: row.try_get(offset + 1)?,
+        fencing: row.try_get(offset + 2)?,
+        ttl_ms: row.try_get(offset + 3)?,
+        acquired_at_us: row.try_get(offset + 4)?,
+        remaining_us: row.try_get(offset + 5)?,
+    })
+}
+
+/// The NOTIFY channel for a table: `lease_` plus the table name, cut to PostgreSQL's 63 bytes.
+/// (Two long table names that share a prefix share a channel; that only causes spurious wake-ups.)
+fn channel_for(table: &TableName) -> String {
+    let mut channel = format!("lease_{}", table.as_str());
+    channel.truncate(63);
+    channel
+}
+
+impl PostgresBackend {
+    /// Connects a pool of [`SqlOptions::default`] size to `url`
+    /// (`postgres://user:password@host:port/database?sslmode=…`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a URL that cannot be parsed;
+    /// [`Error::Backend`](crate::Error::Backend) when the server cannot be reached (transient) or
+    /// refuses the login or database (fatal). Messages never contain the password.
+    pub async fn connect(url: &str) -> Result<Self, lease_core::Error> {
+        Self::connect_with(url, SqlOptions::default()).await
+    }
+
+    /// Like [`PostgresBackend::connect`], with options.
+    ///
+    /// # Errors
+    /// As [`PostgresBackend::connect`].
+    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, lease_core::Error> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
+        Ok(Self::from_pool(pool, options))
+    }
+
+    /// Uses an existing pool. Operations run in autocommit on connections taken from it;
+    /// [`Backend::wait_for_change`] keeps one of its connections for `LISTEN` once first used.
+    pub fn from_pool(pool: PgPool, options: SqlOptions) -> Self {
+        let sql = Statements::new(&options.table);
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                channel: channel_for(&options.table),
+                table: options.table,
+                sql,
+                stats: Stats::default(),
+                notifier: Arc::new(Notifier::default()),
+                listener_task: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The `CREATE TABLE IF NOT EXISTS` statement [`PostgresBackend::migrate`] runs, for teams that
+    /// manage schema with their own migration tool.
+    pub fn create_table_sql(&self) -> String {
+        self.inner.sql.create.clone()
+    }
+
+    /// Creates the lease table if it does not exist (idempotent). The schema, if the table name
+    /// has one, must exist.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend), fatal when the role may not create tables.
+    pub async fn migrate(&self) -> Result<(), lease_core::Error> {
+        self.inner.stats.statement();
+        sqlx::query(AssertSqlSafe(self.inner.sql.create.as_str()))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| classify("migrate", e))?;
+        Ok(())
+    }
+
+    /// The pool operations run on.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The lease table.
+    pub fn table(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    /// How many SQL statements this backend has sent (a metric; tests use it to count round
+    /// trips). `LISTEN` traffic is not counted.
+    pub fn statements_sent(&self) -> u64 {
+        self.inner.stats.statements()
+    }
+
+    async fn read(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.stats.statement();
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read.as_str()))
+            .bind(key.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| classify("read", e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let raw = raw_record(&row, 0).map_err(|e| classify("read", e))?;
+                raw.decode(NAME, key).map(Some)
+            }
+        }
+    }
+
+    /// Starts the shared listener task if it is not running.
+    fn ensure_listener(&self) {
+        let mut task = self
+            .inner
+            .listener_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let pool = self.inner.pool.clone();
+        let channel = self.inner.channel.clone();
+        let notifier = Arc::clone(&self.inner.notifier);
+        *task = Some(tokio::spawn(listen(pool, channel, notifier)));
+    }
+}
+
+/// The listener loop: one connection per backend, `LISTEN lease_<table>`, each notification's
+/// payload is a key whose waiters are woken.
+async fn listen(pool: PgPool, channel: String, notifier: Arc<Notifier>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN connection failed; waiters poll");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::debug!(error = %e, "LISTEN failed; waiters poll");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        notifier.listening.store(true, Ordering::SeqCst);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => notifier.wake(notification.payload()),
+                Ok(None) => {
+                    // The connection was lost (and is re-established by the next call):
+                    // notifications may have been missed, so wake everyone to re-check.
+                    notifier.wake_all();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "LISTEN connection failed; waiters poll");
+                    notifier.listening.store(false, Ordering::SeqCst);
+                    notifier.wake_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Per-key wake-ups. A key's generation counts the notifications seen for it, so a release that
+/// lands between a contended acquire and the waiter's `wait_for_change` is not missed.
+#[derive(Default)]
+struct Notifier {
+    listening: AtomicBool,
+    keys: Mutex<HashMap<String, KeyWatch>>,
+}
+
+struct KeyWatch {
+    generation: u64,
+    /// The generation when the last contended acquire on this key was answered.
+    seen: u64,
+    notify: Arc<Notify>,
+}
+
+impl KeyWatch {
+    fn new() -> Self {
+        Self {
+            generation: 0,
+            seen: 0,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl Notifier {
+    /// Entries without waiters are dropped past this many keys.
+    const MAX_IDLE_KEYS: usize = 4096;
+
+    fn keys(&self) -> MutexGuard<'_, HashMap<String, KeyWatch>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self, key: &str) {
+        let mut keys = self.keys();
+        if let Some(watch) = keys.get_mut(key) {
+            watch.generation += 1;
+            watch.notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for watch in self.keys().values_mut() {
+            watch.generation += 1;
+            watch.notify.notify_waiters();
+        }
+    }
+
+    /// Records that a contended acquire on `key` was just answered.
+    fn saw_held(&self, key: &str) {
+        if !self.listening.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut keys = self.keys();
+        if keys.len() >= Self::MAX_IDLE_KEYS && !keys.contains_key(key) {
+            keys.retain(|_, w| Arc::strong_count(&w.notify) > 1);
+        }
+        let watch = keys.entry(key.to_owned()).or_insert_with(KeyWatch::new);
+        watch.seen = watch.generation;
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        base_capabilities().with_notifies_waiters(true)
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.inner.stats.statement();
+        let ttl = ttl_ms(request.ttl);
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
+            .bind(request.key.as_str())
+            .bind(request.holder.to_string())
+            .bind(request.metadata.as_str())
+            .bind(ttl)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| classify("acquire", e))?;
+        if let Some(row) = row {
+            let fencing: i64 = row.try_get(0).map_err(|e| classify("acquire", e))?;
+            let granted: i64 = row.try_get(1).map_err(|e| classify("acquire", e))?;
+            return Ok(AcquireOutcome::Acquired(Grant::new(
+                common::fencing(NAME, fencing)?,
+                granted_ttl(NAME, granted)?,
+            )));
+        }
+        // Contended: someone holds it (or the row is not ours to understand). Read it.
+        self.ensure_listener();
+        self.inner.notifier.saw_held(request.key.as_str());
+        Ok(AcquireOutcome::Held(
+            self.read(&request.key).await?.map(contended).map(Box::new),
+        ))
+    }
+
+    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.inner.stats.statement();
+        let ttl = ttl_ms(request.ttl);
+        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
+            .bind(request.key.as_str())
+            .bind(request.holder.to_string())
+            .bind(ttl)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| classify("renew", e))?;
+        Ok(if done.rows_affected() == 1 {
+            RenewOutcome::Renewed(Duration::from_millis(ttl as u64))
+        } else {
+            RenewOutcome::NotHeld
+        })
+    }
+
+    async fn renew_many(
+        &self,
+        requests: &[RenewRequest],
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
+        let holders: Vec<String> = requests.iter().map(|r| r.holder.to_string()).collect();
+        let ttls: Vec<i64> = requests.iter().map(|r| ttl_ms(r.ttl)).collect();
+        self.inner.stats.statement();
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
+            .bind(&names)
+            .bind(&holders)
+            .bind(&ttls)
+            .fetch_all(&self.inner.pool)
+            .await;
+        let renewed: Result<HashSet<(String, String)>, sqlx::Error> = rows.and_then(|rows| {
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        });
+        match renewed {
+            Ok(renewed) => common::renew_results(requests, &renewed),
+            Err(e) => {
+                let e = classify("renew_many", e);
+                requests
+                    .iter()
+                    .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
+                    .collect()
+            }
+        }
+    }
+
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.stats.statement();
+        let released: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.release.as_str()))
+            .bind(request.key.as_str())
+            .bind(request.holder.to_string())
+            .bind(&self.inner.channel)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| classify("release", e))?;
+        Ok(if released == 1 {
+            ReleaseOutcome::Released
+        } else {
+            ReleaseOutcome::NotHeld
+        })
+    }
+
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.read(key).await
+    }
+
+    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.stats.statement();
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.break_lease.as_str()))
+            .bind(key.as_str())
+            .bind(&self.inner.channel)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| classify("break", e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let raw = raw_record(&row, 0).map_err(|e| classify("break", e))?;
+                raw.decode(NAME, key).map(Some)
+            }
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LeaseKey,
+        max_wait: Duration,
+    ) -> Result<(), BackendError> {
+        self.ensure_listener();
+        let notifier = &self.inner.notifier;
+        let (notify, generation) = {
+            let mut keys = notifier.keys();
+            let watch = keys
+                .entry(key.as_str().to_owned())
+                .or_insert_with(KeyWatch::new);
+            if watch.generation != watch.seen {
+                // Released since the contended acquire was answered: try again now.
+                watch.seen = watch.generation;
+                return Ok(());
+            }
+            (Arc::clone(&watch.notify), watch.generation)
+        };
+        // Registered from here on; a wake-up between the check above and now shows in the
+        // generation.
+        let notified = notify.notified();
+        let missed = notifier
+            .keys()
+            .get(key.as_str())
+            .is_none_or(|w| w.generation != generation);
+        if !missed {
+            let _ = tokio::time::timeout(max_wait, notified).await;
+        }
+        let mut keys = notifier.keys();
+        if let Some(watch) = keys.get_mut(key.as_str()) {
+            watch.seen = watch.generation;
+        }
+        Ok(())
+    }
+}
+
+/// A record read after a contended acquire. If it turned free or expired in between, say it has
+/// no time left, so the protocol retries at once instead of after a full poll interval.
+fn contended(record: LeaseRecord) -> LeaseRecord {
+    if record.state == RecordState::Held {
+        record
+    } else {
+        record.with_expires_in(Duration::ZERO)
+    }
+}
+
+impl fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("table", &self.inner.table)
+            .field("pool_size", &self.inner.pool.size())
+            .finish_non_exhaustive()
+    }
+}

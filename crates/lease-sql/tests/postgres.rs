@@ -1,0 +1,377 @@
+//! PostgreSQL: the conformance kit plus backend-specific tests, against the server named by
+//! `LEASE_TEST_POSTGRES_URL` (skipped loudly when unset, failing when `LEASE_TEST_REQUIRE=1`).
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lease_core::conformance::{Harness, require_env};
+use lease_sql::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use lease_sql::sqlx::{self, AssertSqlSafe};
+use lease_sql::{
+    Backend, BackendErrorKind, ErrorKind, HolderToken, LeaseKey, Locker, PostgresBackend,
+    RecordState, SqlOptions, TableName,
+};
+use support::{CuttingProxy, unique_table};
+
+fn url() -> Option<String> {
+    require_env("LEASE_TEST_POSTGRES_URL")
+}
+
+async fn backend_on(url: &str, table: TableName) -> PostgresBackend {
+    let backend = PostgresBackend::connect_with(url, SqlOptions::default().with_table(table))
+        .await
+        .expect("connect to LEASE_TEST_POSTGRES_URL");
+    backend.migrate().await.expect("migrate");
+    backend
+}
+
+async fn backend() -> Option<PostgresBackend> {
+    Some(backend_on(&url()?, unique_table()).await)
+}
+
+async fn harness() -> Option<Harness> {
+    Some(Harness::new(backend().await?))
+}
+
+lease_core::conformance_tests!(harness);
+
+async fn exec(backend: &PostgresBackend, sql: String) {
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(backend.pool())
+        .await
+        .expect("raw SQL");
+}
+
+#[tokio::test]
+async fn hostile_table_names_are_typed_errors() {
+    support::assert_hostile_names_rejected();
+    // A reserved word is a valid identifier: quoting makes it work end to end.
+    let Some(url) = url() else { return };
+    let table = TableName::new(&format!("select_{}", support::random_suffix())).unwrap();
+    let backend = backend_on(&url, table).await;
+    let backend = PostgresBackend::from_pool(
+        backend.pool().clone(),
+        SqlOptions::default().with_table(TableName::new("user").unwrap()),
+    );
+    backend.migrate().await.unwrap();
+    assert!(backend.create_table_sql().contains("\"user\""));
+    let locker = Locker::new(backend);
+    let key = format!("k-{}", support::random_suffix());
+    let lease = locker.try_acquire(&key).await.unwrap().expect("free");
+    lease.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_missing_table_is_fatal() {
+    let Some(url) = url() else { return };
+    let backend = backend_on(&url, unique_table()).await;
+    backend.migrate().await.expect("second migrate");
+    let missing = PostgresBackend::from_pool(
+        backend.pool().clone(),
+        SqlOptions::default().with_table(unique_table()),
+    );
+    let err = Locker::new(missing).try_acquire("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
+}
+
+#[tokio::test]
+async fn foreign_rows_are_corrupt_records_not_panics() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    let t = backend.table().as_str();
+    let valid = HolderToken::generate();
+    exec(
+        &backend,
+        format!(
+            "INSERT INTO {t} (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at) VALUES
+            ('garbage-holder', 'not a token', 'x', 5, 1000, now(), now() + interval '1 hour'),
+            ('null-expiry', '{valid}', NULL, 5, NULL, NULL, NULL),
+            ('negative-fencing', NULL, NULL, -7, NULL, NULL, NULL),
+            ('negative-ttl', '{valid}', 'x', 5, -5, now(), now() + interval '1 hour'),
+            ('exhausted-fencing', NULL, NULL, 9223372036854775807, NULL, NULL, NULL)"
+        ),
+    )
+    .await;
+    let locker = Locker::new(backend.clone());
+    for name in [
+        "garbage-holder",
+        "null-expiry",
+        "negative-fencing",
+        "negative-ttl",
+    ] {
+        let key = LeaseKey::new(name).unwrap();
+        let err = backend.inspect(&key).await.expect_err(name);
+        assert_eq!(err.kind(), BackendErrorKind::CorruptRecord, "{name}: {err}");
+        let err = locker.try_acquire(name).await.expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{name}: {err}");
+    }
+    // The counter cannot be bumped: corrupt, and the row is left as it was.
+    let err = locker.try_acquire("exhausted-fencing").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{err}");
+    let record = backend
+        .inspect(&LeaseKey::new("exhausted-fencing").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.state, RecordState::Free);
+    assert_eq!(record.fencing.get(), i64::MAX as u64);
+    // Nothing was taken over.
+    let fencing: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT fencing FROM {t} WHERE name = 'garbage-holder'"
+    )))
+    .fetch_one(backend.pool())
+    .await
+    .unwrap();
+    assert_eq!(fencing, 5);
+}
+
+/// The acquire statement is blocked on a row lock, then its connection is killed: the outcome is
+/// unknown to the client, the core reads back, finds it is not the holder, and a later acquire
+/// gets the next token (the killed statement minted nothing).
+#[tokio::test]
+async fn connection_killed_mid_acquire_is_resolved() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    let t = backend.table().as_str();
+    let locker = Locker::builder(backend.clone())
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let key = format!("killed-{}", support::random_suffix());
+    locker
+        .try_acquire(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    let kill_blocked_acquire = || async {
+        for _ in 0..500 {
+            let killed: Option<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%' AND query LIKE $1 LIMIT 1",
+            )
+            .bind(format!("%{t}%"))
+            .fetch_optional(backend.pool())
+            .await
+            .unwrap();
+            if killed == Some(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the acquire never blocked on the row lock");
+    };
+
+    // try_acquire: the outcome is unknown, read back: not ours, so the error is reported.
+    let mut blocker = backend.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM {t} WHERE name = $1 FOR UPDATE"
+    )))
+    .bind(&key)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let attempt = tokio::spawn({
+        let (locker, key) = (locker.clone(), key.clone());
+        async move { locker.try_acquire(&key).await }
+    });
+    kill_blocked_acquire().await;
+    let err = attempt
+        .await
+        .unwrap()
+        .expect_err("a killed acquire cannot be a grant");
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+
+    // acquire: retried with the same holder token after the kill; gets the key once the row
+    // lock is gone, with the next token (1 + 1: nothing was minted by the killed statement).
+    let waiting = tokio::spawn({
+        let (locker, key) = (locker.clone(), key.clone());
+        async move { locker.acquire(&key).await }
+    });
+    kill_blocked_acquire().await;
+    blocker.rollback().await.unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("acquire finished")
+        .unwrap()
+        .expect("acquired after the kill");
+    assert_eq!(lease.fencing_token().get(), 2);
+    let record = locker.inspect(&key).await.unwrap().unwrap();
+    assert!(record.is_held_by(&lease.holder_token()));
+    lease.release().await.unwrap();
+}
+
+/// The acquire lands and commits but the connection is cut before the reply arrives: the core
+/// reads the row back and finds its own holder token, so the lease is ours.
+#[tokio::test]
+async fn connection_cut_after_acquire_landed_is_resolved() {
+    let Some(url) = url() else { return };
+    let direct = backend_on(&url, unique_table()).await;
+    let options = PgConnectOptions::from_str(&url).unwrap();
+    let upstream = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = CuttingProxy::start(upstream, b"INSERT 0 1").await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        // Plain text, so the proxy can see the reply it cuts.
+        .connect_with(
+            options
+                .host("127.0.0.1")
+                .port(proxy.port)
+                .ssl_mode(PgSslMode::Disable),
+        )
+        .await
+        .unwrap();
+    let through_proxy = PostgresBackend::from_pool(
+        pool,
+        SqlOptions::default().with_table(direct.table().clone()),
+    );
+    let locker = Locker::builder(through_proxy)
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let key = format!("cut-{}", support::random_suffix());
+    proxy.arm();
+    let lease = locker
+        .try_acquire(&key)
+        .await
+        .expect("resolved by reading back")
+        .expect("the grant landed, so it is ours");
+    assert_eq!(proxy.cuts(), 1, "the reply was not cut");
+    assert_eq!(lease.fencing_token().get(), 1);
+    let record = direct
+        .inspect(&LeaseKey::new(&key).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.is_held_by(&lease.holder_token()), "{record:?}");
+    // And it is really held: nobody else gets it.
+    assert!(
+        Locker::new(direct.clone())
+            .try_acquire(&key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    lease.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn release_notifies_a_waiter_on_another_connection() {
+    let Some(url) = url() else { return };
+    let holder_side = backend_on(&url, unique_table()).await;
+    let waiter_side = backend_on(&url, holder_side.table().clone()).await;
+    let key = LeaseKey::new(format!("notify-{}", support::random_suffix())).unwrap();
+    let lease = Locker::new(holder_side.clone())
+        .try_acquire(&key)
+        .await
+        .unwrap()
+        .unwrap();
+    // First call starts the listener; give it time to LISTEN.
+    waiter_side
+        .wait_for_change(&key, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let (backend, key) = (waiter_side.clone(), key.clone());
+        async move { backend.wait_for_change(&key, Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter returned before any change"
+    );
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("NOTIFY woke the waiter long before its 60 s poll")
+        .unwrap()
+        .unwrap();
+    eprintln!("woken {:?} after release", released.elapsed());
+    // A break notifies too.
+    let lease = Locker::new(holder_side.clone())
+        .try_acquire(&key)
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let (backend, key) = (waiter_side.clone(), key.clone());
+        async move { backend.wait_for_change(&key, Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    let before = holder_side.break_lease(&key).await.unwrap().unwrap();
+    assert!(before.is_held_by(&lease.holder_token()));
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("NOTIFY on break")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ten_thousand_leases_renew_with_one_statement_per_interval() {
+    let Some(url) = url() else { return };
+    let options = SqlOptions::default()
+        .with_table(unique_table())
+        .with_max_connections(16);
+    let backend = PostgresBackend::connect_with(&url, options).await.unwrap();
+    backend.migrate().await.unwrap();
+    let counter = backend.clone();
+    support::many_leases_one_statement_per_interval(
+        Arc::new(backend),
+        move || counter.statements_sent(),
+        10_000,
+        1,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn connect_errors_are_classified_and_never_show_the_password() {
+    let options = SqlOptions::default().with_acquire_timeout(Duration::from_secs(1));
+    let err =
+        PostgresBackend::connect_with("postgres://me:hunter2@127.0.0.1:1/db", options.clone())
+            .await
+            .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    for bad in [
+        "postgres://me:hunter2@127.0.0.1:5432/db?sslmode=bogus",
+        "not a url",
+    ] {
+        let err = PostgresBackend::connect_with(bad, options.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}: {err}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    }
+    let Some(url) = url() else { return };
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let err = PostgresBackend::connect_with(
+        &format!("{base}/no_such_db_{}", support::random_suffix()),
+        options,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
+    // Trust authentication ignores the password, so it connects: Debug must not show it.
+    let with_password = url.replacen("://postgres@", "://postgres:hunter2@", 1);
+    if with_password != url {
+        let backend = PostgresBackend::connect(&with_password).await.unwrap();
+        assert!(!format!("{backend:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,235 @@
+//! Helpers shared by the backend test files (each file uses a subset).
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lease_sql::{
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, ErrorKind, HolderToken,
+    LeaseKey, LeaseRecord, Locker, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+    TableName, async_trait,
+};
+
+/// A random lowercase suffix for table and key names.
+pub fn random_suffix() -> String {
+    HolderToken::generate().to_string()[..12].to_owned()
+}
+
+/// A fresh table name for one test.
+pub fn unique_table() -> TableName {
+    TableName::new(&format!("leases_{}", random_suffix())).expect("valid table name")
+}
+
+/// Names that must be refused before anything reaches SQL.
+pub const HOSTILE_TABLE_NAMES: &[&str] = &[
+    "leases; DROP TABLE users; --",
+    "leases\"--",
+    "leases`",
+    "lea'ses",
+    "a.b.c",
+    "",
+    "1leases",
+    "leases name",
+    "leases\0",
+    "schema.",
+];
+
+pub fn assert_hostile_names_rejected() {
+    for name in HOSTILE_TABLE_NAMES {
+        let err = TableName::new(name).expect_err(name);
+        assert_eq!(err.field(), "table name", "{name:?}: {err}");
+        let as_error: lease_sql::Error = err.into();
+        assert_eq!(as_error.kind(), ErrorKind::InvalidInput);
+    }
+}
+
+/// Wraps a backend and records the size of every `renew_many` batch.
+#[derive(Clone, Debug)]
+pub struct CountingBackend {
+    inner: Arc<dyn Backend>,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl CountingBackend {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            batches: Arc::default(),
+        }
+    }
+
+    pub fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Backend for CountingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.inner.acquire(request).await
+    }
+    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.batches.lock().unwrap().push(1);
+        self.inner.renew(request).await
+    }
+    async fn renew_many(
+        &self,
+        requests: &[RenewRequest],
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        self.batches.lock().unwrap().push(requests.len());
+        self.inner.renew_many(requests).await
+    }
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release(request).await
+    }
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.inspect(key).await
+    }
+    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.break_lease(key).await
+    }
+    async fn wait_for_change(
+        &self,
+        key: &LeaseKey,
+        max_wait: Duration,
+    ) -> Result<(), BackendError> {
+        self.inner.wait_for_change(key, max_wait).await
+    }
+}
+
+/// Holds `n` leases on one locker and checks that, once settled, every renew interval renews all
+/// of them with one `renew_many` call that costs `statements_per_batch` statements.
+///
+/// `statements` reads the backend's statement counter.
+pub async fn many_leases_one_statement_per_interval(
+    backend: Arc<dyn Backend>,
+    statements: impl Fn() -> u64,
+    n: usize,
+    statements_per_batch: u64,
+) {
+    let counting = CountingBackend::new(backend);
+    let interval = Duration::from_secs(1);
+    let locker = Locker::builder(counting.clone())
+        .ttl(Duration::from_secs(8))
+        .renew_interval(interval)
+        .build()
+        .unwrap();
+    let prefix = format!("many-{}", random_suffix());
+    let leases: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let locker = locker.clone();
+            let key = format!("{prefix}/{i}");
+            async move { locker.try_acquire(&key).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let leases: Vec<_> = leases
+        .into_iter()
+        .map(|l| l.expect("acquire").expect("free key"))
+        .collect();
+    assert_eq!(locker.held_count(), n);
+    // Let leases taken at scattered times converge into one batch per interval.
+    tokio::time::sleep(interval * 3).await;
+    let batches_before = counting.batches().len();
+    let statements_before = statements();
+    let window = interval * 3;
+    tokio::time::sleep(window).await;
+    let batches = counting.batches()[batches_before..].to_vec();
+    let statements_used = statements() - statements_before;
+    eprintln!(
+        "{n} leases: batches in a {window:?} window: {batches:?}; statements: {statements_used}"
+    );
+    assert!(
+        (2..=4).contains(&batches.len()),
+        "expected about one renew_many per {interval:?} over {window:?}, saw {batches:?}"
+    );
+    assert!(
+        batches.iter().all(|&size| size == n),
+        "every batch should renew all {n} leases: {batches:?}"
+    );
+    assert_eq!(
+        statements_used,
+        batches.len() as u64 * statements_per_batch,
+        "each batch of {n} renewals must cost {statements_per_batch} statement(s)"
+    );
+    assert!(leases.iter().all(|l| l.is_held()), "a lease was lost");
+    assert_eq!(locker.held_count(), n);
+    drop(leases);
+}
+
+/// A 127.0.0.1 TCP proxy to `upstream` that, once armed, cuts the connection (both ways) when the
+/// server's reply contains `marker`, without forwarding that reply: the request landed, the
+/// answer is lost.
+pub struct CuttingProxy {
+    pub port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CuttingProxy {
+    pub async fn start(upstream: std::net::SocketAddr, marker: &'static [u8]) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (armed2, cuts2) = (Arc::clone(&armed), Arc::clone(&cuts));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (armed, cuts) = (Arc::clone(&armed2), Arc::clone(&cuts2));
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        if armed.load(Ordering::SeqCst)
+                            && chunk.windows(marker.len()).any(|w| w == marker)
+                        {
+                            armed.store(false, Ordering::SeqCst);
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if cw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                    // Dropping both halves closes both connections.
+                });
+            }
+        });
+        Self { port, armed, cuts }
+    }
+
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
