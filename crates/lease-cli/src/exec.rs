@@ -174,6 +174,20 @@ impl Runner {
         waiting::clear(&printed);
         match outcome {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(Error::Timeout { waited, holder, .. })) => {
+                let by = holder
+                    .filter(|r| r.is_held())
+                    .map(|r| format!("; {}", waiting::describe(&r, std::time::SystemTime::now())))
+                    .unwrap_or_default();
+                Err(CliError::new(
+                    exit::TIMEOUT,
+                    format!(
+                        "gave up waiting for {what} {} after {}{by}",
+                        self.name,
+                        crate::duration::short(waited)
+                    ),
+                ))
+            }
             Ok(Err(e)) => Err(CliError::from_lease(&e)),
             Err(sig) => Err(CliError::new(
                 exit::SIGNAL_BASE + sig.as_raw() as u8,

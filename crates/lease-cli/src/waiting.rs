@@ -133,13 +133,27 @@ pub(crate) fn clear(printed: &Cell<bool>) {
     }
 }
 
-/// Cuts a line to the terminal width (`$COLUMNS`, else 100) so refreshing in place stays on one row.
-fn fit(text: &str) -> String {
-    let width = std::env::var("COLUMNS")
+/// The width of the terminal on stderr, else `$COLUMNS`, else 100.
+fn terminal_width() -> usize {
+    rustix::termios::tcgetwinsize(std::io::stderr())
         .ok()
-        .and_then(|c| c.parse::<usize>().ok())
+        .map(|w| usize::from(w.ws_col))
         .filter(|w| *w > 10)
-        .unwrap_or(100);
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse::<usize>().ok())
+                .filter(|w| *w > 10)
+        })
+        .unwrap_or(100)
+}
+
+/// Cuts a line to the terminal width so refreshing in place stays on one row.
+fn fit(text: &str) -> String {
+    fit_to(text, terminal_width())
+}
+
+fn fit_to(text: &str, width: usize) -> String {
     if text.chars().count() < width {
         return text.to_owned();
     }
@@ -187,7 +201,8 @@ mod tests {
     #[test]
     fn fit_cuts_long_lines() {
         let long = "x".repeat(500);
-        assert!(fit(&long).chars().count() <= 100);
-        assert_eq!(fit("short"), "short");
+        assert_eq!(fit_to(&long, 80).chars().count(), 79);
+        assert!(fit_to(&long, 80).ends_with('…'));
+        assert_eq!(fit_to("short", 80), "short");
     }
 }

@@ -289,18 +289,30 @@ fn no_wait_on_a_held_lease_exits_with_the_held_code_at_once() {
     assert_eq!(err.len(), 1, "{err:?}");
     assert!(err[0].contains("held by the-holder"), "{err:?}");
 
-    // --timeout gives up with its own code.
-    let out = run(lease(dir.path()).args([
+    // --timeout gives up with its own code; silent while waiting when stderr is not a terminal.
+    let args = [
         "--store",
         &store,
         "exec",
         &name,
         "--timeout",
-        "300ms",
+        "800ms",
         "--",
         "true",
-    ]));
+    ];
+    let out = run(lease(dir.path()).args(args));
     assert_eq!(out.status.code(), Some(TIMEOUT), "{out:?}");
+    let err = stderr_lines(&out);
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("gave up waiting for lease"), "{err:?}");
+    assert!(err[0].contains("held by the-holder"), "{err:?}");
+    // With -v, the waiting line shows who holds it.
+    let out = run(lease(dir.path()).arg("-v").args(args));
+    assert_eq!(out.status.code(), Some(TIMEOUT), "{out:?}");
+    let err = stderr_lines(&out);
+    let expected = format!("lease: waiting for lease {name}: held by the-holder since ");
+    assert!(err[0].starts_with(&expected), "{err:?}");
+    assert!(err[0].contains("fencing token 1, expires in ~"), "{err:?}");
 
     // status shows the holder.
     let out = run(lease(dir.path()).args(["--store", &store, "status", &name, "--json"]));
