@@ -159,7 +159,7 @@ pub(crate) fn run_row(b: &'static Backend, exists: &Result<(), String>, rig: &Ri
     );
     let mut cmd = cargo();
     cmd.args(b.nextest_args())
-        .arg("--no-tests=warn")
+        .args(["--no-tests=warn", "--no-fail-fast"])
         .envs(rig.env());
     let output = match proc::run_streamed(&mut cmd) {
         Ok(o) => o,

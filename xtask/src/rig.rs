@@ -86,8 +86,9 @@ fn endpoints_of(state: &State, via: &str) -> Vec<Endpoint> {
                 Origin::User => "from your environment",
                 _ => via,
             };
-            let place = env::host_port(&s.url, None)
-                .map_or_else(|| s.url.clone(), |(h, p)| format!("{h}:{p}"));
+            // A SQLite directory is long and says nothing new: only servers get a host:port.
+            let place =
+                env::host_port(&s.url, None).map_or_else(String::new, |(h, p)| format!(" {h}:{p}"));
             let mut ep = Endpoint::new(
                 s.server,
                 format!("{}{place} ({origin})", s.server.local_title()),
