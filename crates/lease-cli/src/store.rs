@@ -439,10 +439,18 @@ mod sql {
     }
 
     pub(super) async fn mysql(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        Err(CliError::usage(format!(
-            "scheme {}:// is recognised but its backend is not built yet",
-            url.scheme()
-        )))
+        // sqlx only knows mysql://; mariadb:// is our alias for it.
+        let raw = match url.raw().split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
+                format!("mysql://{rest}")
+            }
+            _ => url.raw().to_owned(),
+        };
+        let backend = lease_sql::MySqlBackend::connect_with(&raw, options())
+            .await
+            .map_err(|e| failed(url, "connect to", &e))?;
+        migrate(url, || backend.migrate()).await?;
+        Ok(Arc::new(backend))
     }
 }
 
