@@ -144,7 +144,7 @@ pub(crate) async fn break_lease(locker: &Locker, name: &str, yes: bool) -> Resul
         .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot read the answer: {e}")))?;
         if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
             eprintln!("lease: not broken");
-            return Ok(exit::USAGE);
+            return Ok(exit::DECLINED);
         }
     }
     let was = locker

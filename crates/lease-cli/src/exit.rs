@@ -6,6 +6,8 @@ use lease_core::{Error, ErrorKind};
 
 /// The command's own work succeeded (for `exec` and `elect`: the child's status is used instead).
 pub(crate) const OK: u8 = 0;
+/// `break`: the answer to the confirmation question was not yes.
+pub(crate) const DECLINED: u8 = 1;
 /// Bad usage: an unknown option, a bad duration, a bad lease name, a bad or unsupported store URL,
 /// or `break` without `--yes` and without a terminal to ask on (sysexits `EX_USAGE`).
 pub(crate) const USAGE: u8 = 64;
@@ -35,7 +37,7 @@ pub(crate) const SIGNAL_BASE: u8 = 128;
 pub(crate) const TABLE: &str = "\
 Exit status:
   0        success (exec/elect: the command's own status is passed through)
-  1-125    exec/elect: the command's exit status
+  1-125    exec/elect: the command's exit status; break: not confirmed
   64       usage error: bad option, duration, lease name or store URL
   65       a stored lease record could not be understood
   69       the store is unreachable or keeps failing (transient errors)
