@@ -321,8 +321,12 @@ fn no_wait_on_a_held_lease_exits_with_the_held_code_at_once() {
     assert!(json.contains("\"holder\":\"the-holder\""), "{json}");
     assert!(json.contains("\"state\":\"held\""), "{json}");
 
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    // SIGTERM is forwarded to the command (sleep dies of it) and the lease released.
+    signal(holder.id(), "-TERM");
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + 15));
+    let out = run(lease(dir.path()).args(["--store", &store, "status", &name, "--json"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"state\":\"free\""));
 }
 
 #[test]
@@ -803,4 +807,56 @@ fn demo_ends_by_itself_with_rising_tokens() {
         assert!(stdout.contains("strictly increasing: yes"), "{stdout}");
         assert!(stdout.contains("is refused by the fence"), "{stdout}");
     }
+}
+
+#[test]
+fn elect_stops_the_command_on_lost_leadership_and_campaigns_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("elect-lost");
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo \"term $LEASE_FENCING_TOKEN\" >> \"{log}\"; exit 0' TERM; \
+         echo \"lead $LEASE_FENCING_TOKEN\" >> '{log}'; while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    let mut child = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "elect",
+            &name,
+            "--ttl",
+            "2s",
+            "--restart",
+            "--restart-delay",
+            "100ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&log, Duration::from_secs(10));
+    let out = run(lease(dir.path()).args(["--store", &store, "break", &name, "--yes"]));
+    assert!(out.status.success(), "{out:?}");
+    let start = Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.lines().count() >= 3 {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no second term: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(child.id(), "-TERM");
+    wait_with_limit(&mut child, Duration::from_secs(10));
+    let lines: Vec<&str> = lines.lines().take(3).collect();
+    assert_eq!(lines[0], "lead 1", "{lines:?}");
+    assert_eq!(lines[1], "term 1", "{lines:?}");
+    assert_eq!(lines[2], "lead 2", "{lines:?}");
 }
