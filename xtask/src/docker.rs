@@ -67,8 +67,8 @@ pub(crate) fn ping(endpoint: &Endpoint, timeout: Duration) -> Result<(), String>
                 .rsplit_once(':')
                 .ok_or_else(|| format!("bad address {addr}"))?;
             let port: u16 = port.parse().map_err(|_| format!("bad port in {addr}"))?;
-            let stream = crate::proc::tcp_connect(host, port, timeout)
-                .map_err(|e| format!("cannot connect to {endpoint}: {e:#}"))?;
+            let stream =
+                crate::proc::tcp_connect(host, port, timeout).map_err(|e| format!("{e:#}"))?;
             exchange(stream, endpoint, deadline, timeout)
         }
     }
