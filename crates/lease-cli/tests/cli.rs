@@ -5,7 +5,7 @@
 //! missing variable fails the test instead of skipping it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -788,13 +788,11 @@ fn demo_tokens(stdout: &str) -> Vec<u64> {
 
 #[test]
 fn demo_ends_by_itself_with_rising_tokens() {
-    for store in ["memory://".to_owned(), {
-        let dir = tempfile::tempdir().unwrap().keep();
-        sqlite_url(&dir)
-    }] {
-        let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().unwrap();
+    for store in ["memory://".to_owned(), sqlite_url(dir.path())] {
         let out =
-            run(lease(&dir).args(["--store", &store, "demo", "--rounds", "6", "--hold", "50ms"]));
+            run(lease(dir.path())
+                .args(["--store", &store, "demo", "--rounds", "6", "--hold", "50ms"]));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
