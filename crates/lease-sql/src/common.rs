@@ -242,6 +242,7 @@ pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 /// A TTL stored in `ttl_ms`, as returned by an upsert or renewal.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn granted_ttl(backend: &'static str, ms: i64) -> Result<Duration, BackendError> {
     u64::try_from(ms).map(Duration::from_millis).map_err(|_| {
         BackendError::corrupt_record(backend, format!("ttl_ms column holds {ms}, a negative TTL"))
