@@ -20,7 +20,10 @@ fn url() -> Option<String> {
 }
 
 async fn backend_on(url: &str, table: TableName) -> MySqlBackend {
-    let backend = MySqlBackend::connect_with(url, SqlOptions::default().with_table(table))
+    let options = SqlOptions::default()
+        .with_table(table)
+        .with_max_connections(3);
+    let backend = MySqlBackend::connect_with(url, options)
         .await
         .expect("connect to LEASE_TEST_MYSQL_URL");
     backend.migrate().await.expect("migrate");
@@ -146,9 +149,14 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
 /// gets the next token (the killed statement minted nothing).
 #[tokio::test]
 async fn connection_killed_mid_acquire_is_resolved() {
-    let Some(backend) = backend().await else {
-        return;
-    };
+    let Some(url) = url() else { return };
+    // The blocker, the blocked acquire, the spawned clean-up release and the killer each hold a
+    // connection.
+    let options = SqlOptions::default()
+        .with_table(unique_table())
+        .with_max_connections(8);
+    let backend = MySqlBackend::connect_with(&url, options).await.unwrap();
+    backend.migrate().await.unwrap();
     let locker = Locker::builder(backend.clone())
         .ttl(Duration::from_secs(5))
         .build()
