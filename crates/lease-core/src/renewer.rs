@@ -127,9 +127,10 @@ impl Shared {
                 let next_renew = entries.leases.values().map(|e| e.next_renew).min();
                 let mut batch = Vec::new();
                 if next_renew.is_some_and(|t| t <= now) {
-                    // Renew everything due soon too, so leases taken at scattered times converge
-                    // into one batch per interval.
-                    let horizon = now + self.options.renew_interval / 2;
+                    // Renew every lease, not only the due ones: renewing early is harmless, and
+                    // it keeps all leases of a locker in one batch (one call) per interval, however
+                    // scattered their acquisition times.
+                    let horizon = now + self.options.renew_interval;
                     batch.extend(
                         entries
                             .leases
