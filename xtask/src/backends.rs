@@ -124,6 +124,13 @@ pub(crate) const BACKENDS: &[Backend] = &[
     },
 ];
 
+/// `-E` filterset for the plain workspace test step: everything except the backend suites, which
+/// run in their own rows with their servers.
+pub(crate) fn workspace_filter(rows: &[Backend]) -> String {
+    let suites: Vec<String> = rows.iter().map(Backend::suite_filter).collect();
+    format!("not ({})", suites.join(" | "))
+}
+
 impl Backend {
     /// The cargo arguments selecting this suite's package and features (after `nextest run` or `bench`).
     pub(crate) fn package_args(&self) -> Vec<String> {
@@ -157,6 +164,15 @@ impl Backend {
         args.push("--bench".into());
         args.push(bench.into());
         Some(args)
+    }
+
+    /// The nextest filterset naming this row's test binaries: the workspace step leaves them to
+    /// the row, which runs them with their servers (in the workspace step they would only skip).
+    pub(crate) fn suite_filter(&self) -> String {
+        match self.test {
+            Some(test) => format!("(package({}) & binary({test}))", self.package),
+            None => format!("(package({}) & kind(test))", self.package),
+        }
     }
 
     /// Every server it uses.
@@ -322,6 +338,16 @@ mod tests {
             "bench -p lease-sql --no-default-features --features sqlite --bench sql"
         );
         assert!(row("memory").bench_args().is_none());
+    }
+
+    #[test]
+    fn workspace_filter_leaves_every_suite_to_its_row() {
+        let filter = workspace_filter(BACKENDS);
+        assert!(filter.starts_with("not ("));
+        assert!(filter.contains("(package(lease-sql) & binary(postgres))"));
+        assert!(filter.contains("(package(lease-cli) & kind(test))"));
+        assert!(filter.contains("(package(lease-core) & kind(test))"));
+        assert_eq!(filter.matches("package(").count(), BACKENDS.len());
     }
 
     #[test]
