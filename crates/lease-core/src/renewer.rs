@@ -33,7 +33,9 @@ struct Shared {
 struct Entries {
     leases: HashMap<u64, Entry>,
     next_id: u64,
-    task_running: bool,
+    /// The renewal task, while one runs. A finished handle (the task ended because no lease was
+    /// left, or its runtime shut down) is replaced by a new task on the next lease.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Entry {
@@ -69,9 +71,8 @@ impl Renewer {
                 retry: None,
             },
         );
-        if !entries.task_running {
-            entries.task_running = true;
-            tokio::spawn(Arc::clone(&self.shared).run());
+        if entries.task.as_ref().is_none_or(|t| t.is_finished()) {
+            entries.task = Some(tokio::spawn(Arc::clone(&self.shared).run()));
         } else {
             self.shared.wake.notify_one();
         }
@@ -121,7 +122,7 @@ impl Shared {
             let (batch, next_wake) = {
                 let mut entries = self.lock();
                 let Some(earliest_deadline) = self.expire_overdue(&mut entries) else {
-                    entries.task_running = false;
+                    entries.task = None;
                     return;
                 };
                 let next_renew = entries.leases.values().map(|e| e.next_renew).min();

@@ -245,3 +245,25 @@ async fn election_observe_reports_each_change_once() {
             .is_err()
     );
 }
+
+#[test]
+fn renewal_survives_the_runtime_that_started_it() {
+    let locker = locker(MemoryBackend::new());
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let lease = first.block_on(locker.try_acquire("a")).unwrap().unwrap();
+    std::mem::forget(lease); // its renewal task dies with the runtime below
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let lease = locker.try_acquire("b").await.unwrap().unwrap();
+        tokio::time::sleep(TTL * 2).await;
+        assert!(lease.is_held(), "no renewal task ran on the second runtime");
+    });
+}
