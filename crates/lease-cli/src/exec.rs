@@ -49,6 +49,12 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
+    /// Waits (bounded) for the locker's background releases, before the process exits.
+    async fn drain(&self) {
+        let bound = self.locker.options().ttl;
+        let _ = tokio::time::timeout(bound, self.locker.drain()).await;
+    }
+
     fn note(&self, message: &str) {
         if self.verbose > 0 {
             eprintln!("lease: {message}");
@@ -72,7 +78,15 @@ impl Runner {
                         _ => self.locker.acquire(&self.name).await,
                     }
                 };
-                self.wait_showing("lease", acquire, &mut signals).await?
+                match self.wait_showing("lease", acquire, &mut signals).await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        // An attempt abandoned mid-flight is released in the background: let that
+                        // finish before the process exits, or the grant lingers for a TTL.
+                        self.drain().await;
+                        return Err(e);
+                    }
+                }
             }
         };
         self.note(&format!(
@@ -105,9 +119,16 @@ impl Runner {
             .election(&self.name)
             .map_err(|e| CliError::usage(e.to_string()))?;
         loop {
-            let leadership = self
+            let leadership = match self
                 .wait_showing("leadership of", election.campaign(), &mut signals)
-                .await?;
+                .await
+            {
+                Ok(leadership) => leadership,
+                Err(e) => {
+                    self.drain().await;
+                    return Err(e);
+                }
+            };
             self.note(&format!(
                 "leader of {} (fencing token {})",
                 self.name,

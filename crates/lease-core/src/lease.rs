@@ -264,17 +264,15 @@ impl Drop for Lease {
         self.stop(LostReason::Released);
         // Best effort, and sent even when the deadline has passed: a grant that expired here but
         // was not taken over is freed now instead of at its TTL. Without a runtime (dropped during
-        // shutdown) the key frees itself at expiry.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let locker = Arc::clone(&self.locker);
-            let state = Arc::clone(&self.state);
-            let until = state.deadline();
-            runtime.spawn(async move {
-                if let Err(e) = release_until(locker, Arc::clone(&state), until, was_held).await {
-                    tracing::debug!(key = %state.key, error = %e, "release on drop failed");
-                }
-            });
-        }
+        // shutdown) the key frees itself at expiry. `Locker::drain` waits for it.
+        let locker = Arc::clone(&self.locker);
+        let state = Arc::clone(&self.state);
+        let until = state.deadline();
+        self.locker.spawn_background(async move {
+            if let Err(e) = release_until(locker, Arc::clone(&state), until, was_held).await {
+                tracing::debug!(key = %state.key, error = %e, "release on drop failed");
+            }
+        });
     }
 }
 

@@ -46,6 +46,18 @@ pub(crate) struct LockerInner {
     pub(crate) options: LockerOptions,
     pub(crate) metadata: HolderMetadata,
     pub(crate) renewer: Renewer,
+    /// Background releases (dropped leases, abandoned acquires), so [`Locker::drain`] can wait.
+    pub(crate) background: tokio_util::task::TaskTracker,
+}
+
+impl LockerInner {
+    /// Runs `task` in the background on the current runtime, if there is one; it is tracked so
+    /// [`Locker::drain`] can wait for it. Without a runtime (dropped during shutdown) it is skipped.
+    pub(crate) fn spawn_background(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.background.spawn_on(task, &runtime);
+        }
+    }
 }
 
 /// Builds a [`Locker`] with options checked against the backend's capabilities.
@@ -167,12 +179,9 @@ impl Drop for PendingGrant<'_> {
         if !self.armed {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let inner = Arc::clone(self.inner);
         let request = ReleaseRequest::new(self.key.clone(), self.holder);
-        runtime.spawn(async move {
+        self.inner.spawn_background(async move {
             let bound = inner.options.ttl;
             let _ = tokio::time::timeout(bound, inner.backend.release(&request)).await;
         });
@@ -205,8 +214,30 @@ impl Locker {
                 options,
                 metadata,
                 renewer,
+                background: tokio_util::task::TaskTracker::new(),
             }),
         }
+    }
+
+    /// Waits until every background release this locker (or a clone) has started — for leases
+    /// that were dropped instead of released, and for acquires abandoned while their outcome was
+    /// unknown — has finished. Call it before the process exits, so those releases are not cut off
+    /// (each is bounded by the TTL).
+    ///
+    /// ```
+    /// use lease_core::{Locker, MemoryBackend};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lease_core::Error> {
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// drop(locker.try_acquire("job").await?); // released in the background
+    /// locker.drain().await;                      // ... and now surely done
+    /// assert!(!locker.inspect("job").await?.expect("record kept").is_held());
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self) {
+        let tracker = &self.inner.background;
+        tracker.close();
+        tracker.wait().await;
+        tracker.reopen();
     }
 
     /// Starts building a locker on `backend` with custom options.
