@@ -109,7 +109,12 @@ fn total(steps: &[Step]) -> Counts {
 pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
     let ci = env::in_ci();
     let all_started = Instant::now();
-    let workspace_filter = crate::backends::workspace_filter(crate::backends::BACKENDS);
+    let plan = conformance::plan(&[])?;
+    let workspace_filter = crate::backends::workspace_filter(
+        plan.iter()
+            .filter(|(_, exists)| exists.is_ok())
+            .map(|(b, _)| *b),
+    );
     let mut steps = vec![
         cargo_step("fmt", &["fmt", "--all", "--", "--check"], None),
         cargo_step(
@@ -149,7 +154,6 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
 
     // Servers: every local one (so the rig itself is exercised on every run), or in containers mode
     // only those the existing suites need.
-    let plan = conformance::plan(&[])?;
     let needed = conformance::needed_servers(&plan);
     let containers = rig::use_containers(mode);
     let wanted: BTreeSet<Server> = if containers {
