@@ -130,6 +130,19 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
             ],
             None,
         ),
+        // Rustdoc on every public item, with no broken links or warnings.
+        cargo_step(
+            "docs",
+            &[
+                "--config",
+                "build.rustdocflags=[\"-D\", \"warnings\"]",
+                "doc",
+                "--no-deps",
+                "--workspace",
+                "--all-features",
+            ],
+            None,
+        ),
         // `--workspace` includes xtask (not a default member), so the rig's own tests run here.
         // Backend suites are left to their conformance rows, which give them their servers.
         cargo_step(
