@@ -286,16 +286,45 @@ impl Locker {
     /// # Errors
     /// [`Error::InvalidInput`] for a bad key, [`Error::Backend`] when the store failed.
     pub async fn try_acquire(&self, key: impl AsRef<str>) -> Result<Option<Lease>, Error> {
+        match self.acquire_now(key).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(Error::Held { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tries once to take `key`, like [`Locker::try_acquire`], but reports a held key as
+    /// [`Error::Held`] naming the current holder (metadata, fencing token, remaining time) where
+    /// the backend returned it.
+    ///
+    /// ```
+    /// use lease_core::{Error, Locker, MemoryBackend};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lease_core::Error> {
+    /// let store = MemoryBackend::new();
+    /// let _held = Locker::new(store.clone()).acquire_now("deploy").await?;
+    /// match Locker::new(store).acquire_now("deploy").await {
+    ///     Err(Error::Held { holder: Some(record), .. }) => println!("held by {:?}", record.metadata),
+    ///     other => panic!("expected Held, got {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Held`] when someone else holds the key; otherwise as [`Locker::try_acquire`].
+    pub async fn acquire_now(&self, key: impl AsRef<str>) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
         let mut pending = self.pending(&key);
         match self.attempt(&key, pending.holder).await {
             Ok(Attempt::Acquired(lease)) => {
                 pending.armed = false;
-                Ok(Some(lease))
+                Ok(lease)
             }
-            Ok(Attempt::Held(_)) => {
+            Ok(Attempt::Held(holder)) => {
                 pending.armed = false;
-                Ok(None)
+                Err(Error::Held {
+                    key: key.clone(),
+                    holder,
+                })
             }
             Err(e) => Err(e),
         }

@@ -186,6 +186,25 @@ pub(super) async fn held_key_reports_holder(h: &Harness) -> CaseResult {
         }
         AcquireOutcome::Held(None) => {}
     }
+    match b.acquire_now(&key).await {
+        Err(Error::Held {
+            key: held_key,
+            holder,
+        }) => {
+            ensure!(held_key == key, "Held names key {held_key}");
+            if let Some(record) = holder {
+                ensure!(
+                    record.is_held_by(&lease.holder_token()),
+                    "acquire_now names the wrong holder: {record:?}"
+                );
+            }
+        }
+        other => {
+            return Err(format!(
+                "acquire_now on a held key gave {other:?}, expected Held"
+            ));
+        }
+    }
     match b.acquire_timeout(&key, h.ttl() / 4).await {
         Err(Error::Timeout { .. }) => {}
         other => {
