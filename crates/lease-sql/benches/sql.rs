@@ -1,6 +1,10 @@
 //! Latency of the SQL backends against the floor (a raw one-row upsert on the same server, same
 //! run) and a go-dbkit-style baseline (one `UPDATE … WHERE expired` acquire on a pre-created row,
 //! no fencing), plus PostgreSQL's release → waiter hand-off with `LISTEN/NOTIFY` and polling only.
+//! For every database also: takeover time after a holder is killed (it stops renewing; a waiter
+//! blocked in `Locker::acquire` gets the key once the store lets the grant expire), and the cost of
+//! holding 1, 100 and 10,000 leases on one `Locker` (renewal statements and rows per second,
+//! process CPU time, resident memory).
 //!
 //! Reads `LEASE_TEST_POSTGRES_URL`, `LEASE_TEST_MYSQL_URL` and `LEASE_TEST_SQLITE_DIR` (SQLite
 //! falls back to the temporary directory); a database whose feature is off or whose URL is unset is
@@ -14,8 +18,11 @@
     allow(dead_code, unused_imports)
 )]
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
 
 use lease_sql::{
     AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, HolderMetadata,
@@ -26,6 +33,19 @@ use lease_sql::{
 const ITERATIONS: usize = 300;
 const HANDOFFS: usize = 12;
 const TTL: Duration = Duration::from_secs(30);
+/// Killed holders per database, and the TTL of their grants.
+const TAKEOVERS: usize = 5;
+const TAKEOVER_TTL: Duration = Duration::from_secs(2);
+/// The killed holders start this far apart (so their expiries do not coincide) and run
+/// concurrently on distinct keys, so the whole measurement takes about 3 s per database.
+const TAKEOVER_STAGGER: Duration = Duration::from_millis(300);
+/// Lease counts held on one locker, the renew interval, the TTL, and the measuring window.
+const HELD: [usize; 3] = [1, 100, 10_000];
+const HOLD_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+const HOLD_TTL: Duration = Duration::from_secs(6);
+const HOLD_WINDOW: Duration = Duration::from_secs(3);
+/// Concurrent acquires (and releases) while taking the held leases.
+const HOLD_CONCURRENCY: usize = 64;
 
 struct Stats {
     label: String,
@@ -204,6 +224,334 @@ async fn handoff(label: &str, backend: Arc<dyn Backend>) -> Stats {
     stats(label, samples, f64::NAN)
 }
 
+/// Counts statements; a closure over the concrete backend's `statements_sent()`.
+type Statements = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Takeover after a holder is killed. Each holder takes its key with a raw `Backend::acquire`
+/// (TTL `TAKEOVER_TTL`, fresh holder token) and then never renews nor releases — exactly what the
+/// store sees of a process killed right after its last write. A waiter (`Locker::acquire`, default
+/// retry policy) starts at that moment. Measured: from the holder's acquire returning to the
+/// waiter's grant, that minus the TTL (the overshoot past the store's expiry), and the statements
+/// the waiter sent while waiting (its polls, including the granting one).
+async fn takeover(backend: Arc<dyn Backend>, statements: Statements) -> Vec<Stats> {
+    let recording = Recording::new(Arc::clone(&backend));
+    let waiter = Locker::builder(recording.clone())
+        .ttl(TAKEOVER_TTL)
+        .build()
+        .unwrap();
+    let meta = HolderMetadata::new("bench killed holder").unwrap();
+    let prefix = random();
+    let before = statements();
+    let runs = (0..TAKEOVERS).map(|run| {
+        let (backend, waiter, meta) = (Arc::clone(&backend), waiter.clone(), meta.clone());
+        let key = format!("takeover-{prefix}/{run}");
+        async move {
+            tokio::time::sleep(TAKEOVER_STAGGER * run as u32).await;
+            let request = AcquireRequest::new(
+                LeaseKey::new(&key).unwrap(),
+                HolderToken::generate(),
+                TAKEOVER_TTL,
+                meta,
+            );
+            let outcome = backend.acquire(&request).await.unwrap();
+            let written = Instant::now();
+            assert!(matches!(outcome, AcquireOutcome::Acquired(_)));
+            // The holder is dead from here on: nothing renews or releases its grant.
+            let lease = waiter.acquire(&key).await.unwrap();
+            let waited = written.elapsed();
+            // Released at once, before the waiter's first renewal is due.
+            lease.release().await.unwrap();
+            waited
+        }
+    });
+    let waited = futures_util::future::join_all(runs).await;
+    // The waiters' statements: their polls and the granting acquire (not the holders' acquires
+    // nor the releases).
+    let trips = (statements() - before - 2 * TAKEOVERS as u64) as f64 / TAKEOVERS as f64;
+    let attempts = recording.acquires() as f64 / TAKEOVERS as f64;
+    let overshoot = waited
+        .iter()
+        .map(|w| w.saturating_sub(TAKEOVER_TTL))
+        .collect();
+    let mut row = stats("holder's last write → waiter's grant", waited, trips);
+    row.label = format!("{} | {attempts:.1}", row.label);
+    let mut overshoot = stats("overshoot past the TTL", overshoot, f64::NAN);
+    overshoot.label = format!("{} | —", overshoot.label);
+    vec![row, overshoot]
+}
+
+fn print_takeover(db: &str, rows: &[Stats]) {
+    println!(
+        "\n| {db}: takeover after a killed holder (TTL {} s, {TAKEOVERS} runs) | waiter attempts | waiter statements | p50 ms | max ms |",
+        TAKEOVER_TTL.as_secs()
+    );
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        let trips = if row.round_trips.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{:.1}", row.round_trips)
+        };
+        // `stats` keeps p50 and p99; with a handful of runs p99 is the maximum.
+        println!(
+            "| {} | {trips} | {} | {} |",
+            row.label,
+            ms(row.p50),
+            ms(row.p99)
+        );
+    }
+}
+
+/// Forwards to a backend, counts `acquire` calls and logs every renewal call: when it started, how
+/// many leases it carried, how many it renewed.
+#[derive(Debug, Clone)]
+struct Recording {
+    inner: Arc<dyn Backend>,
+    acquires: Arc<AtomicU64>,
+    calls: Arc<Mutex<Vec<(Instant, usize, usize)>>>,
+}
+
+impl Recording {
+    fn new(inner: Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            acquires: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    fn acquires(&self) -> u64 {
+        self.acquires.load(Ordering::Relaxed)
+    }
+
+    fn calls(&self) -> Vec<(Instant, usize, usize)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Backend for Recording {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.acquires.fetch_add(1, Ordering::Relaxed);
+        self.inner.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        let started = Instant::now();
+        let result = self.inner.renew(r).await;
+        let renewed = usize::from(matches!(result, Ok(RenewOutcome::Renewed(_))));
+        self.calls.lock().unwrap().push((started, 1, renewed));
+        result
+    }
+    async fn renew_many(&self, r: &[RenewRequest]) -> Vec<Result<RenewOutcome, BackendError>> {
+        let started = Instant::now();
+        let results = self.inner.renew_many(r).await;
+        let renewed = results
+            .iter()
+            .filter(|r| matches!(r, Ok(RenewOutcome::Renewed(_))))
+            .count();
+        self.calls.lock().unwrap().push((started, r.len(), renewed));
+        results
+    }
+    async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release(r).await
+    }
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.inspect(key).await
+    }
+    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.break_lease(key).await
+    }
+    async fn wait_for_change(&self, key: &LeaseKey, wait: Duration) -> Result<(), BackendError> {
+        self.inner.wait_for_change(key, wait).await
+    }
+}
+
+/// This process's CPU time, from `/proc` (Linux only; no unsafe code).
+struct Cpu {
+    /// Per-thread time on CPU in ns (`/proc/self/task/*/schedstat`), by thread id: precise, but
+    /// threads that exit take their time with them.
+    threads: Vec<(u64, u64)>,
+    /// utime + stime of the whole process (`/proc/self/stat`), in clock ticks of 10 ms (USER_HZ
+    /// is 100 on Linux): coarse, but includes exited threads.
+    ticks: u64,
+}
+
+fn cpu_now() -> Option<Cpu> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path();
+        let Some(tid) = path.file_name().and_then(|n| n.to_str()?.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit between listing and reading.
+        if let Ok(text) = std::fs::read_to_string(path.join("schedstat"))
+            && let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse().ok())
+        {
+            threads.push((tid, ns));
+        }
+    }
+    threads.sort_unstable();
+    Some(Cpu { threads, ticks })
+}
+
+/// CPU time between two samples: the per-thread sum when no thread came or went, else the ticks.
+fn cpu_between(before: &Cpu, after: &Cpu) -> Duration {
+    let same = before.threads.len() == after.threads.len()
+        && before
+            .threads
+            .iter()
+            .zip(&after.threads)
+            .all(|(a, b)| a.0 == b.0);
+    if same {
+        let ns: u64 = before
+            .threads
+            .iter()
+            .zip(&after.threads)
+            .map(|(a, b)| b.1.saturating_sub(a.1))
+            .sum();
+        Duration::from_nanos(ns)
+    } else {
+        Duration::from_millis(10 * after.ticks.saturating_sub(before.ticks))
+    }
+}
+
+/// Resident set size in bytes (`VmRSS` of `/proc/self/status`).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+struct Holding {
+    leases: usize,
+    acquire_all: Duration,
+    batches: usize,
+    window: Duration,
+    statements: u64,
+    renewed: usize,
+    cpu: Option<Duration>,
+    rss_delta: Option<i64>,
+    lost: usize,
+}
+
+/// Holds `n` leases on one locker (renew interval `HOLD_RENEW_INTERVAL`) and measures, over
+/// `HOLD_WINDOW` of steady state, the renewal statements and renewed rows per second, the CPU time
+/// of this process, and the growth of its resident memory since before the leases were taken.
+async fn holding(backend: Arc<dyn Backend>, statements: &Statements, n: usize) -> Holding {
+    let log = Recording::new(backend);
+    let locker = Locker::builder(log.clone())
+        .ttl(HOLD_TTL)
+        .renew_interval(HOLD_RENEW_INTERVAL)
+        .build()
+        .unwrap();
+    let rss_before = rss_bytes();
+    let prefix = format!("held-{}", random());
+    let started = Instant::now();
+    let leases: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (locker, key) = (locker.clone(), format!("{prefix}/{i}"));
+            async move { locker.try_acquire(&key).await }
+        })
+        .buffer_unordered(HOLD_CONCURRENCY)
+        .collect()
+        .await;
+    let acquire_all = started.elapsed();
+    let leases: Vec<_> = leases
+        .into_iter()
+        .map(|l| l.expect("acquire").expect("a fresh key is free"))
+        .collect();
+    // Steady state: wait for a renewal batch that starts after every lease was taken, then start
+    // the window half an interval later, so the window holds whole intervals between batches.
+    let acquired = Instant::now();
+    let deadline = acquired + HOLD_RENEW_INTERVAL * 3 + Duration::from_secs(10);
+    while !log.calls().iter().any(|c| c.0 > acquired) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(HOLD_RENEW_INTERVAL / 2).await;
+    let (from, statements_before, cpu_before) = (Instant::now(), statements(), cpu_now());
+    tokio::time::sleep(HOLD_WINDOW).await;
+    let (to, statements_after, cpu_after) = (Instant::now(), statements(), cpu_now());
+    let rss_holding = rss_bytes();
+    let window: Vec<_> = log
+        .calls()
+        .into_iter()
+        .filter(|c| c.0 >= from && c.0 < to)
+        .collect();
+    let lost = leases.iter().filter(|l| !l.is_held()).count();
+    futures_util::stream::iter(leases)
+        .map(|lease| lease.release())
+        .buffer_unordered(HOLD_CONCURRENCY)
+        .for_each(|_| async {})
+        .await;
+    Holding {
+        leases: n,
+        acquire_all,
+        batches: window.len(),
+        window: to - from,
+        statements: statements_after - statements_before,
+        renewed: window.iter().map(|c| c.2).sum(),
+        cpu: cpu_before.zip(cpu_after).map(|(a, b)| cpu_between(&a, &b)),
+        rss_delta: rss_before
+            .zip(rss_holding)
+            .map(|(a, b)| b as i64 - a as i64),
+        lost,
+    }
+}
+
+fn print_holding(db: &str, rows: &[Holding]) {
+    println!(
+        "\n| {db}: leases held on one locker (renew every {} s) | acquire all, s | renew calls / s | statements / s | rows renewed / s | CPU, % of a core | RSS growth, KiB | per lease, bytes | lost |",
+        HOLD_RENEW_INTERVAL.as_secs()
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let secs = row.window.as_secs_f64();
+        let cpu = row.cpu.map_or("—".to_owned(), |c| {
+            format!("{:.2}", c.as_secs_f64() / secs * 100.0)
+        });
+        // Below a thousand leases the growth is allocator and page noise, not a per-lease cost.
+        let (rss, per_lease) = row.rss_delta.map_or(("—".to_owned(), "—".to_owned()), |d| {
+            let per_lease = if row.leases >= 1000 {
+                format!("{}", d / row.leases as i64)
+            } else {
+                "—".to_owned()
+            };
+            (format!("{}", d / 1024), per_lease)
+        });
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {cpu} | {rss} | {per_lease} | {} |",
+            row.leases,
+            row.acquire_all.as_secs_f64(),
+            row.batches as f64 / secs,
+            row.statements as f64 / secs,
+            row.renewed as f64 / secs,
+            row.lost
+        );
+    }
+}
+
+/// The takeover and holding measurements of one database.
+async fn liveness(db: &str, backend: Arc<dyn Backend>, statements: Statements) {
+    let rows = takeover(Arc::clone(&backend), Arc::clone(&statements)).await;
+    print_takeover(db, &rows);
+    let mut held = Vec::new();
+    for n in HELD {
+        held.push(holding(Arc::clone(&backend), &statements, n).await);
+    }
+    print_holding(db, &held);
+}
+
 #[cfg(feature = "postgres")]
 async fn postgres() {
     use lease_sql::PostgresBackend;
@@ -283,6 +631,13 @@ async fn postgres() {
         .await,
     );
     print_table("PostgreSQL", &floor, &rows);
+    let counter = backend.clone();
+    liveness(
+        "PostgreSQL",
+        Arc::new(backend.clone()),
+        Arc::new(move || counter.statements_sent()),
+    )
+    .await;
     for sql in [
         format!("DROP TABLE floor_{s}"),
         format!("DROP TABLE dbkit_{s}"),
@@ -424,6 +779,13 @@ async fn mysql() {
         .await,
     );
     print_table("MariaDB / MySQL", &floor, &rows);
+    let counter = backend.clone();
+    liveness(
+        "MariaDB / MySQL",
+        Arc::new(backend.clone()),
+        Arc::new(move || counter.statements_sent()),
+    )
+    .await;
     for sql in [
         format!("DROP TABLE floor_{s}"),
         format!("DROP TABLE dbkit_{s}"),
@@ -501,6 +863,13 @@ async fn sqlite() {
         .await,
     );
     print_table("SQLite (file, WAL, synchronous=FULL)", &floor, &rows);
+    let counter = backend.clone();
+    liveness(
+        "SQLite",
+        Arc::new(backend.clone()),
+        Arc::new(move || counter.statements_sent()),
+    )
+    .await;
     drop(backend);
     pool.close().await;
     for suffix in ["", "-wal", "-shm"] {
@@ -523,6 +892,10 @@ fn main() {
     runtime.block_on(async {
         println!(
             "lease-sql bench: {ITERATIONS} iterations per operation, {HANDOFFS} hand-offs; latencies in ms"
+        );
+        println!(
+            "(CPU and memory are this process's: the bench, the locker and, for SQLite, the database \
+             engine; a database server's own CPU is not counted)"
         );
         #[cfg(feature = "postgres")]
         postgres().await;
