@@ -144,17 +144,21 @@ impl World {
     }
 }
 
+/// A single-threaded runtime on tokio's paused clock: time moves only when the test advances it.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn exclusion_and_fencing_hold(steps in proptest::collection::vec(step(), 1..60)) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        paused_runtime().block_on(async {
             let mut world = World::new();
             for step in &steps {
                 world.apply(step).await?;
@@ -169,12 +173,7 @@ proptest! {
 /// forcing the bad case directly: a second grant while the first lease is held must be reported.
 #[test]
 fn the_exclusion_check_detects_two_holders() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    paused_runtime().block_on(async {
         let mut world = World::new();
         // Two different stores: each client "acquires" the key, which the check must flag.
         let other_store = MemoryBackend::new();
@@ -189,12 +188,7 @@ fn the_exclusion_check_detects_two_holders() {
 /// and another client takes it over with a higher token; a connected holder keeps it.
 #[test]
 fn cut_off_holder_is_taken_over_and_connected_one_is_not() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    paused_runtime().block_on(async {
         let mut world = World::new();
         world.apply(&Step::TryAcquire(0)).await.unwrap();
         world.apply(&Step::Advance(3000)).await.unwrap();
