@@ -314,7 +314,7 @@ impl Locker {
     pub async fn acquire_now(&self, key: impl AsRef<str>) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
         let mut pending = self.pending(&key);
-        match self.attempt(&key, pending.holder).await {
+        match self.attempt(&key, pending.holder, None).await {
             Ok(Attempt::Acquired(lease)) => {
                 pending.armed = false;
                 Ok(lease)
@@ -491,10 +491,11 @@ impl Locker {
         // Once an attempt's outcome was unknown, its write may still land later: keep the
         // background release armed until we hold the key.
         let mut uncertain = false;
+        let first_sent = Instant::now();
         loop {
             pending.armed = true;
             let delay = delays.next().unwrap_or(self.inner.options.retry.max_delay);
-            match self.attempt(key, pending.holder).await {
+            match self.attempt(key, pending.holder, Some(first_sent)).await {
                 Ok(Attempt::Acquired(lease)) => {
                     pending.armed = false;
                     return Ok(lease);
@@ -527,7 +528,17 @@ impl Locker {
     }
 
     /// One acquire attempt with holder token `holder`, resolving unknown outcomes by reading back.
-    async fn attempt(&self, key: &LeaseKey, holder: HolderToken) -> Result<Attempt, Error> {
+    ///
+    /// `first_sent` is when the first attempt with this holder token was sent, if earlier ones
+    /// were. A grant found by reading back (or reported as already ours) may come from any of
+    /// those attempts, so its deadline counts from the first one: the only instant known to be
+    /// before the store applied it.
+    async fn attempt(
+        &self,
+        key: &LeaseKey,
+        holder: HolderToken,
+        first_sent: Option<Instant>,
+    ) -> Result<Attempt, Error> {
         let inner = &self.inner;
         let backend = &*inner.backend;
         let request = AcquireRequest::new(
@@ -539,6 +550,7 @@ impl Locker {
         // A grant is useless once its holder window has passed, so no call waits longer.
         let bound = inner.options.holder_window(inner.options.ttl);
         let sent = Instant::now();
+        let earliest = first_sent.unwrap_or(sent);
         let result = traced(
             backend,
             "acquire",
@@ -553,7 +565,7 @@ impl Locker {
             }
             Ok(AcquireOutcome::Held(Some(record))) if record.is_held_by(&holder) => {
                 let ttl = record.ttl.unwrap_or(inner.options.ttl);
-                self.grant(key, holder, record.fencing, ttl, sent).await
+                self.grant(key, holder, record.fencing, ttl, earliest).await
             }
             Ok(AcquireOutcome::Held(record)) => Ok(Attempt::Held(record)),
             Err(e) if e.is_transient() => {
@@ -570,7 +582,7 @@ impl Locker {
                     Ok(Some(record)) if record.is_held_by(&holder) => {
                         tracing::info!(key = %key, "acquire outcome was unknown; read back: it landed");
                         let ttl = record.ttl.unwrap_or(inner.options.ttl);
-                        self.grant(key, holder, record.fencing, ttl, sent).await
+                        self.grant(key, holder, record.fencing, ttl, earliest).await
                     }
                     _ => Err(e.into()),
                 }

@@ -267,3 +267,70 @@ fn renewal_survives_the_runtime_that_started_it() {
         assert!(lease.is_held(), "no renewal task ran on the second runtime");
     });
 }
+
+/// A grant found by reading back may have been written by an *earlier* attempt than the one that
+/// failed: its deadline must count from the first attempt's send time, or the holder would outlive
+/// the store's expiry.
+#[test]
+fn a_read_back_grant_counts_from_the_first_attempt() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = MemoryBackend::new();
+        let faulty = FaultyBackend::new(Arc::new(store.clone()));
+        let ttl = Duration::from_millis(1000);
+        let slow_retry = lease_core::RetryPolicy::default()
+            .with_initial_delay(Duration::from_millis(600))
+            .with_max_delay(Duration::from_millis(600))
+            .with_jitter(false);
+        let locker = Locker::builder(faulty.clone())
+            .ttl(ttl)
+            .retry(slow_retry)
+            .build()
+            .unwrap();
+        // Attempt 1 (t = 0) lands but its answer is lost and the read-back fails; attempt 2
+        // (t = 600 ms) never reaches the store, and its read-back finds attempt 1's grant, which
+        // the store expires at t = 1000 ms.
+        faulty.lose_next_response(Op::Acquire, 1);
+        faulty.fail_next(Op::Inspect, 1);
+        faulty.drop_renewals(true);
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let locker = locker.clone();
+            async move { locker.acquire("read-back").await }
+        });
+        // Attempt 1 has run and the waiter sleeps until its second attempt.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(faulty.calls(Op::Acquire), 1);
+        faulty.fail_next(Op::Acquire, 1);
+        let lease = waiting.await.unwrap().unwrap();
+        assert_eq!(faulty.calls(Op::Acquire), 2);
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "expected a second attempt"
+        );
+        assert!(
+            lease.deadline() <= started + ttl,
+            "deadline {:?} after the first attempt outlives the store's expiry {ttl:?}",
+            lease.deadline() - started
+        );
+        tokio::time::advance(Duration::from_millis(401)).await;
+        let other = locker_for_test(store);
+        let next = other.try_acquire("read-back").await.unwrap();
+        assert!(next.is_some(), "the store did not expire attempt 1's grant");
+        assert!(
+            !lease.is_held(),
+            "two holders: the read-back grant is still believed held"
+        );
+    });
+}
+
+fn locker_for_test(store: MemoryBackend) -> Locker {
+    Locker::builder(store)
+        .ttl(Duration::from_millis(1000))
+        .build()
+        .unwrap()
+}
