@@ -326,6 +326,11 @@ mod tests {
             .spawn()
             .unwrap();
         let id = ProcId::of(child.id(), "sleep").unwrap();
+        // Right after exec, /proc/PID/cmdline can still read empty for a moment.
+        let exec_done = Instant::now() + Duration::from_secs(2);
+        while cmdline(child.id()).is_none_or(|c| c.is_empty()) && Instant::now() < exec_done {
+            thread::sleep(Duration::from_millis(5));
+        }
         let stranger = ProcId {
             marker: "not-sleep".into(),
             ..id.clone()
