@@ -10,8 +10,7 @@ use std::time::Duration;
 use lease_core::conformance::{Harness, require_env};
 use lease_sql::sqlx::{self, AssertSqlSafe};
 use lease_sql::{
-    Backend, BackendErrorKind, ErrorKind, HolderToken, LeaseKey, Locker, MySqlBackend, RecordState,
-    SqlOptions, TableName,
+    Backend, ErrorKind, HolderToken, LeaseKey, Locker, MySqlBackend, SqlOptions, TableName,
 };
 use support::unique_table;
 
@@ -113,28 +112,18 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
         ),
     )
     .await;
-    let locker = Locker::new(backend.clone());
-    for name in [
-        "garbage-holder",
-        "null-expiry",
-        "negative-fencing",
-        "negative-ttl",
-    ] {
-        let key = LeaseKey::new(name).unwrap();
-        let err = backend.inspect(&key).await.expect_err(name);
-        assert_eq!(err.kind(), BackendErrorKind::CorruptRecord, "{name}: {err}");
-        let err = locker.try_acquire(name).await.expect_err(name);
-        assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{name}: {err}");
-    }
-    let err = locker.try_acquire("exhausted-fencing").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{err}");
-    let record = backend
-        .inspect(&LeaseKey::new("exhausted-fencing").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(record.state, RecordState::Free);
-    assert_eq!(record.fencing.get(), i64::MAX as u64);
+    let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+    support::assert_foreign_rows_are_corrupt(
+        Arc::clone(&shared),
+        &[
+            "garbage-holder",
+            "null-expiry",
+            "negative-fencing",
+            "negative-ttl",
+        ],
+    )
+    .await;
+    support::assert_exhausted_counter_is_corrupt(shared, "exhausted-fencing").await;
     let fencing: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT fencing FROM {t} WHERE name = 'garbage-holder'"
     )))

@@ -13,8 +13,8 @@ use lease_core::conformance::Harness;
 use lease_sql::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use lease_sql::sqlx::{self, AssertSqlSafe, Connection};
 use lease_sql::{
-    Backend, BackendErrorKind, ErrorKind, HolderToken, LeaseKey, Locker, RecordState, RetryPolicy,
-    SqlOptions, SqliteBackend, TableName,
+    Backend, ErrorKind, HolderToken, LeaseKey, Locker, RecordState, RetryPolicy, SqlOptions,
+    SqliteBackend, TableName,
 };
 
 fn test_dir() -> PathBuf {
@@ -134,23 +134,20 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
     .execute(backend.pool())
     .await
     .unwrap();
-    let locker = Locker::new(backend.clone());
-    for name in [
-        "garbage-holder",
-        "integer-holder",
-        "null-expiry",
-        "text-expiry",
-        "text-fencing",
-        "real-fencing",
-        "negative-fencing",
-        "negative-ttl",
-    ] {
-        let key = LeaseKey::new(name).unwrap();
-        let err = backend.inspect(&key).await.expect_err(name);
-        assert_eq!(err.kind(), BackendErrorKind::CorruptRecord, "{name}: {err}");
-        let err = locker.try_acquire(name).await.expect_err(name);
-        assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{name}: {err}");
-    }
+    support::assert_foreign_rows_are_corrupt(
+        Arc::new(backend.clone()),
+        &[
+            "garbage-holder",
+            "integer-holder",
+            "null-expiry",
+            "text-expiry",
+            "text-fencing",
+            "real-fencing",
+            "negative-fencing",
+            "negative-ttl",
+        ],
+    )
+    .await;
     let fencing: String = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT fencing FROM {t} WHERE name = 'text-fencing'"
     )))

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lease_sql::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, ErrorKind, HolderToken,
-    LeaseKey, LeaseRecord, Locker, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
-    TableName, async_trait,
+    AcquireOutcome, AcquireRequest, Backend, BackendError, BackendErrorKind, Capabilities,
+    ErrorKind, HolderToken, LeaseKey, LeaseRecord, Locker, RecordState, ReleaseOutcome,
+    ReleaseRequest, RenewOutcome, RenewRequest, TableName, async_trait,
 };
 
 /// A random lowercase suffix for table and key names.
@@ -316,4 +316,32 @@ impl CuttingProxy {
     pub fn cuts(&self) -> u64 {
         self.cuts.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Each named row was written by something else (NULL or garbage columns): inspect and acquire
+/// both report `CorruptRecord`, never a panic or a grant.
+pub async fn assert_foreign_rows_are_corrupt(backend: Arc<dyn Backend>, names: &[&str]) {
+    let locker = Locker::from_shared(Arc::clone(&backend));
+    for name in names {
+        let key = LeaseKey::new(*name).unwrap();
+        let err = backend.inspect(&key).await.expect_err(name);
+        assert_eq!(err.kind(), BackendErrorKind::CorruptRecord, "{name}: {err}");
+        let err = locker.try_acquire(name).await.expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{name}: {err}");
+    }
+}
+
+/// The row `name` holds the largest counter a BIGINT can: acquiring it is `CorruptRecord` (the
+/// token cannot be bumped) and the row is left free with its counter.
+pub async fn assert_exhausted_counter_is_corrupt(backend: Arc<dyn Backend>, name: &str) {
+    let locker = Locker::from_shared(Arc::clone(&backend));
+    let err = locker.try_acquire(name).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{err}");
+    let record = backend
+        .inspect(&LeaseKey::new(name).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.state, RecordState::Free);
+    assert_eq!(record.fencing.get(), i64::MAX as u64);
 }
