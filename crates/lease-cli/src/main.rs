@@ -264,28 +264,14 @@ async fn run(cli: Cli, url: &StoreUrl) -> Result<u8, CliError> {
                 (false, Some(t)) => exec::WaitMode::Timeout(t),
                 (false, None) => exec::WaitMode::Forever,
             };
-            let runner = exec::Runner {
-                locker: args.lease.locker(backend)?,
-                name: checked_name(&args.name)?,
-                child: exec::ChildSpec {
-                    command: args.child.command,
-                    kill_after: args.child.kill_after,
-                },
-                verbose: cli.verbose,
-            };
-            runner.exec(mode).await
+            runner(backend, &args.name, &args.lease, args.child, cli.verbose)?
+                .exec(mode)
+                .await
         }
         Command::Elect(args) => {
-            let runner = exec::Runner {
-                locker: args.lease.locker(backend)?,
-                name: checked_name(&args.name)?,
-                child: exec::ChildSpec {
-                    command: args.child.command,
-                    kill_after: args.child.kill_after,
-                },
-                verbose: cli.verbose,
-            };
-            runner.elect(args.restart, args.restart_delay).await
+            runner(backend, &args.name, &args.lease, args.child, cli.verbose)?
+                .elect(args.restart, args.restart_delay)
+                .await
         }
         Command::Status(args) => {
             let locker = Locker::from_shared(backend);
@@ -316,6 +302,25 @@ async fn run(cli: Cli, url: &StoreUrl) -> Result<u8, CliError> {
 }
 
 /// Validates a lease name up front, so a bad one is a usage error before anything runs.
+/// What `exec` and `elect` both run with: the locker, the checked name and the command.
+fn runner(
+    backend: Arc<dyn Backend>,
+    name: &str,
+    lease: &LockerOptionsArgs,
+    child: ChildArgs,
+    verbose: u8,
+) -> Result<exec::Runner, CliError> {
+    Ok(exec::Runner {
+        locker: lease.locker(backend)?,
+        name: checked_name(name)?,
+        child: exec::ChildSpec {
+            command: child.command,
+            kill_after: child.kill_after,
+        },
+        verbose,
+    })
+}
+
 fn checked_name(name: &str) -> Result<String, CliError> {
     lease_core::LeaseKey::new(name)
         .map(|k| k.as_str().to_owned())
