@@ -29,6 +29,7 @@ async fn main() -> Result<(), lease_core::Error> {
                                 lease.fencing_token()
                             );
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<(), lease_core::Error>(())
                         }
                     })
                     .await?;

@@ -88,6 +88,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads the record of `key`, if the store has one.
     async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError>;
 
+    /// Lists the records whose key starts with `prefix` (`""` lists every record), sorted by key.
+    ///
+    /// [`Locker::list`](crate::Locker::list) checks the prefix (the key character set) before
+    /// calling this. A backend may bound how many records one call returns; it says so in its docs.
+    /// The default reports [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported).
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, BackendError> {
+        let _ = prefix;
+        Err(BackendError::unsupported(self.name(), "list"))
+    }
+
     /// Administrative force-release: frees the key whoever holds it, keeping the fencing counter.
     /// Returns the record as it was before, if there was one.
     ///

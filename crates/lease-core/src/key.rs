@@ -59,6 +59,38 @@ impl LeaseKey {
         Ok(Self(key))
     }
 
+    /// Checks that `prefix` could begin a key (used to list keys): at most [`LeaseKey::MAX_LEN`]
+    /// bytes of the key character set. The empty prefix is valid and matches every key.
+    ///
+    /// ```
+    /// use lease_core::LeaseKey;
+    /// assert!(LeaseKey::check_prefix("jobs/").is_ok());
+    /// assert!(LeaseKey::check_prefix("").is_ok());
+    /// assert!(LeaseKey::check_prefix("50%").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`InvalidInput`] naming the field `prefix`.
+    pub fn check_prefix(prefix: &str) -> Result<(), InvalidInput> {
+        if prefix.len() > Self::MAX_LEN {
+            return Err(InvalidInput::new(
+                "prefix",
+                format!(
+                    "is {} bytes long; at most {} are allowed",
+                    prefix.len(),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        if let Some(bad) = prefix.chars().find(|c| !is_key_char(*c)) {
+            return Err(InvalidInput::new(
+                "prefix",
+                format!("contains {bad:?}; allowed are ASCII letters, digits and _ - . / : @"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -30,7 +30,7 @@ use crate::token::{FencingToken, HolderMetadata, HolderToken};
 /// let report = locker
 ///     .run_exclusive("nightly-report", |lease| async move {
 ///         // ... do the work, passing lease.fencing_token() to the resource ...
-///         lease.fencing_token().get()
+///         Ok::<_, lease_core::Error>(lease.fencing_token().get())
 ///     })
 ///     .await?;
 /// assert_eq!(report, 1);
@@ -383,15 +383,44 @@ impl Locker {
 
     /// Waits for `key`, runs `work` while holding it, and releases it.
     ///
+    /// `work` returns `Result<T, E>`, where `E` can hold this crate's [`Error`] (your own error
+    /// type with a `From<lease_core::Error>` impl, or [`Error`] itself), so both the work's errors
+    /// and the lease's reach the caller through one `?`.
+    ///
     /// If the lease is lost while `work` runs, `work` is dropped (cancelled at its next await point)
     /// and [`Error::Lost`] is returned, so the caller knows the work did not finish under the lease.
+    /// Work that finished, but only after the holder deadline had passed, is reported as lost too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lease_core::{Locker, MemoryBackend};
+    ///
+    /// #[derive(Debug)]
+    /// enum ExportError { Lease(lease_core::Error), Disk(String) }
+    /// impl From<lease_core::Error> for ExportError {
+    ///     fn from(e: lease_core::Error) -> Self { ExportError::Lease(e) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ExportError> {
+    /// let locker = Locker::builder(MemoryBackend::new()).ttl(Duration::from_secs(10)).build()
+    ///     .map_err(lease_core::Error::from)?;
+    /// let rows = locker
+    ///     .run_exclusive("nightly-export", |lease| async move {
+    ///         if lease.fencing_token().get() == 0 { return Err(ExportError::Disk("full".into())); }
+    ///         Ok(42)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(rows, 42);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`Error::Lost`] as above; otherwise as [`Locker::acquire`].
-    pub async fn run_exclusive<F, Fut, T>(&self, key: impl AsRef<str>, work: F) -> Result<T, Error>
+    /// The work's own error; [`Error::Lost`] as above; otherwise as [`Locker::acquire`].
+    pub async fn run_exclusive<F, Fut, T, E>(&self, key: impl AsRef<str>, work: F) -> Result<T, E>
     where
         F: FnOnce(LeaseHandle) -> Fut,
-        Fut: Future<Output = T>,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
     {
         let lease = self.acquire(key).await?;
         let lost = lease.lost();
@@ -402,23 +431,63 @@ impl Locker {
                 key: lease.key().clone(),
                 fencing: lease.fencing_token(),
                 reason,
-            }),
+            }.into()),
             output = work => {
                 if !lease.is_held() {
                     // Finished, but not provably within the lease: report it as lost.
                     let (key, fencing) = (lease.key().clone(), lease.fencing_token());
-                    return match lease.release().await {
-                        Err(Error::Lost { reason, .. }) => Err(Error::Lost { key, fencing, reason }),
-                        _ => Err(Error::Lost { key, fencing, reason: crate::LostReason::DeadlineExpired }),
+                    let reason = match lease.release().await {
+                        Err(Error::Lost { reason, .. }) => reason,
+                        _ => crate::LostReason::DeadlineExpired,
                     };
+                    return Err(Error::Lost { key, fencing, reason }.into());
                 }
                 if let Err(e) = lease.release().await {
                     // The work finished under the lease; a failed release only delays the next
                     // holder until the TTL runs out.
                     tracing::warn!(error = %e, "release after exclusive work failed");
                 }
-                Ok(output)
+                output
             }
+        }
+    }
+
+    /// Lists the records of every key starting with `prefix` (`""` for all), sorted by key,
+    /// without acquiring anything: holder, fencing token, state, timing.
+    ///
+    /// ```
+    /// use lease_core::{Locker, MemoryBackend};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lease_core::Error> {
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// let _a = locker.acquire("jobs/a").await?;
+    /// let _b = locker.acquire("jobs/b").await?;
+    /// let _other = locker.acquire("other").await?;
+    /// let jobs = locker.list("jobs/").await?;
+    /// assert_eq!(jobs.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["jobs/a", "jobs/b"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a prefix with characters keys cannot have; [`Error::Backend`]
+    /// with kind `Unsupported` if the backend cannot list, or when the store failed.
+    pub async fn list(&self, prefix: impl AsRef<str>) -> Result<Vec<LeaseRecord>, Error> {
+        let prefix = prefix.as_ref();
+        LeaseKey::check_prefix(prefix)?;
+        let bound = self.inner.options.ttl;
+        let backend = &*self.inner.backend;
+        let span = tracing::debug_span!(
+            "backend_call",
+            backend = backend.name(),
+            op = "list",
+            prefix
+        );
+        use tracing::Instrument as _;
+        match tokio::time::timeout(bound, backend.list(prefix))
+            .instrument(span)
+            .await
+        {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(BackendError::transient(backend.name(), "list timed out").into()),
         }
     }
 

@@ -218,6 +218,19 @@ impl Backend for MemoryBackend {
         Ok(self.slots().get(key).map(|slot| slot.record(key, now)))
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, BackendError> {
+        let now = Instant::now();
+        let slots = self.slots();
+        let mut records: Vec<LeaseRecord> = slots
+            .iter()
+            // Waiters create empty slots (no grant ever): those are not records.
+            .filter(|(key, slot)| key.as_str().starts_with(prefix) && slot.fencing > 0)
+            .map(|(key, slot)| slot.record(key, now))
+            .collect();
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(records)
+    }
+
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
         let now = Instant::now();
         let mut slots = self.slots();

@@ -98,6 +98,11 @@ impl RetryPolicy {
     }
 }
 
+/// The shortest holder window (TTL minus drift allowance and safety margin) a locker accepts: a
+/// shorter one cannot cover even a quick round trip to the store, so every grant would arrive
+/// after its own deadline and be given back, forever.
+pub const MIN_HOLDER_WINDOW: Duration = Duration::from_millis(50);
+
 /// The options of a [`Locker`](crate::Locker); set them with [`LockerBuilder`](crate::LockerBuilder).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -122,7 +127,7 @@ impl LockerOptions {
         Self {
             ttl,
             renew_interval: ttl / 3,
-            safety_margin: (ttl / 10).min(Duration::from_secs(1)),
+            safety_margin: default_safety_margin(ttl),
             max_clock_drift: 0.001,
             retry: RetryPolicy::default(),
         }
@@ -134,6 +139,27 @@ impl LockerOptions {
         granted
             .mul_f64(1.0 - self.max_clock_drift)
             .saturating_sub(self.safety_margin)
+    }
+
+    /// The smallest TTL (whole milliseconds, within the backend's range) whose holder window is at
+    /// least [`MIN_HOLDER_WINDOW`], with the same drift allowance and the same safety margin, or
+    /// the default margin for that TTL when the margin in force is the default one.
+    fn smallest_workable_ttl(&self, caps: &Capabilities) -> Duration {
+        let default_margin = self.safety_margin == default_safety_margin(self.ttl);
+        let works = |ttl: Duration| {
+            let margin = if default_margin {
+                default_safety_margin(ttl)
+            } else {
+                self.safety_margin
+            };
+            ttl.mul_f64(1.0 - self.max_clock_drift)
+                .saturating_sub(margin)
+                >= MIN_HOLDER_WINDOW
+        };
+        let ms = (1..=24 * 3600 * 1000)
+            .find(|ms| works(Duration::from_millis(*ms)))
+            .unwrap_or(u64::MAX / 1000);
+        Duration::from_millis(ms).clamp(caps.min_ttl, caps.max_ttl)
     }
 
     pub(crate) fn validate(&self, caps: &Capabilities) -> Result<(), InvalidInput> {
@@ -154,6 +180,19 @@ impl LockerOptions {
                 ),
             ));
         }
+        if window < MIN_HOLDER_WINDOW {
+            return Err(InvalidInput::new(
+                "ttl",
+                format!(
+                    "{:?} leaves a holder window of {window:?} (after the drift allowance and the \
+                     {:?} safety margin): too short to cover a round trip to the store; \
+                     the smallest TTL that works with these options is {:?}",
+                    self.ttl,
+                    self.safety_margin,
+                    self.smallest_workable_ttl(caps)
+                ),
+            ));
+        }
         if self.renew_interval.is_zero() || self.renew_interval >= window {
             return Err(InvalidInput::new(
                 "renew interval",
@@ -166,6 +205,11 @@ impl LockerOptions {
         }
         self.retry.validate()
     }
+}
+
+/// `min(ttl / 10, 1 s)`.
+fn default_safety_margin(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(1))
 }
 
 impl Default for LockerOptions {
@@ -214,6 +258,29 @@ mod tests {
         let mut o = LockerOptions::for_ttl(Duration::from_secs(10));
         o.retry.factor = 0.5;
         assert_eq!(o.validate(&caps()).unwrap_err().field(), "retry policy");
+    }
+
+    #[test]
+    fn a_ttl_too_short_for_a_round_trip_names_the_smallest_that_works() {
+        let err = LockerOptions::for_ttl(Duration::from_millis(1))
+            .validate(&caps())
+            .unwrap_err();
+        assert_eq!(err.field(), "ttl");
+        // Default margin ttl/10: 0.999 ttl - ttl/10 >= 50 ms from 56 ms on.
+        assert!(err.to_string().contains("56ms"), "{err}");
+        LockerOptions::for_ttl(Duration::from_millis(56))
+            .validate(&caps())
+            .unwrap();
+        assert!(
+            LockerOptions::for_ttl(Duration::from_millis(55))
+                .validate(&caps())
+                .is_err()
+        );
+        // A margin set by hand is kept as it is.
+        let mut o = LockerOptions::for_ttl(Duration::from_millis(500));
+        o.safety_margin = Duration::from_millis(460);
+        let err = o.validate(&caps()).unwrap_err();
+        assert!(err.to_string().contains("511ms"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ async fn run_exclusive_cancels_work_when_the_lease_is_lost() {
             let _guard = SetOnDrop(flag);
             faulty.drop_renewals(true);
             tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<(), Error>(())
         })
         .await;
     match result {

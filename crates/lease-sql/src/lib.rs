@@ -29,6 +29,7 @@
 //!     .run_exclusive("reports/daily", |lease| async move {
 //!         // UPDATE reports SET …, fence = $1 WHERE id = … AND fence <= $1
 //!         let _token = lease.fencing_token().get();
+//!         Ok::<(), lease_sql::Error>(())
 //!     })
 //!     .await?;
 //! # Ok(()) }

@@ -526,7 +526,7 @@ pub(super) async fn contenders_never_overlap(h: &Harness) -> CaseResult {
                             entered,
                             Instant::now(),
                         ));
-                        others
+                        Ok::<_, crate::Error>(others)
                     })
                     .await
                     .map_err(fail("run_exclusive"))
