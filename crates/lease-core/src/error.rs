@@ -22,7 +22,7 @@ pub enum Error {
         holder: Option<Box<LeaseRecord>>,
     },
     /// Waiting for the key took longer than the caller allowed.
-    #[error("timed out after {waited:?} waiting for lease {key}{}", holder_suffix(.holder.as_deref()))]
+    #[error("timed out after {waited:?} waiting for lease {key}{}{}", holder_suffix(.holder.as_deref()), error_suffix(.last_error.as_deref()))]
     Timeout {
         /// The key.
         key: LeaseKey,
@@ -30,6 +30,9 @@ pub enum Error {
         waited: Duration,
         /// The holder seen last, when known.
         holder: Option<Box<LeaseRecord>>,
+        /// The last backend error met while waiting (retried, since it was transient), if the
+        /// wait ended while the store was failing: tells "held all along" from "store down".
+        last_error: Option<Box<BackendError>>,
     },
     /// A lease this process held is no longer held (its work must stop).
     #[error("lease {key} (fencing token {fencing}) was lost: {reason}")]
@@ -53,6 +56,10 @@ pub enum Error {
     /// The backend failed; see [`BackendError::kind`] for whether retrying can help.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+fn error_suffix(error: Option<&BackendError>) -> String {
+    error.map_or_else(String::new, |e| format!("; last error: {e}"))
 }
 
 fn holder_suffix(holder: Option<&LeaseRecord>) -> String {
@@ -241,6 +248,12 @@ impl BackendError {
     /// A stored record that cannot be understood.
     pub fn corrupt_record(backend: &'static str, message: impl Into<String>) -> Self {
         Self::new(BackendErrorKind::CorruptRecord, backend, message)
+    }
+
+    /// A request this backend refuses as invalid (a TTL outside its range, say): fatal, since
+    /// sending it again cannot help.
+    pub fn invalid_input(backend: &'static str, invalid: crate::InvalidInput) -> Self {
+        Self::fatal(backend, invalid.to_string())
     }
 
     /// An operation the backend does not implement.

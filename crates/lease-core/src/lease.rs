@@ -52,16 +52,16 @@ impl LeaseState {
         !self.lost.is_cancelled() && Instant::now() < self.deadline()
     }
 
-    /// Moves the deadline to `new` if the lease is still held at this instant. A confirmation that
-    /// arrives after the deadline must not resurrect a lease whose loss may already have been acted on.
+    /// Sets the deadline to `new` (from a confirmed renewal) if the lease is still held at this
+    /// instant. A confirmation that arrives after the deadline must not resurrect a lease whose loss
+    /// may already have been acted on. `new` replaces the old deadline even when it is earlier: the
+    /// store replaced its expiry, so a renewal granted for less than before shortens the lease.
     pub(crate) fn extend(&self, new: Instant) -> bool {
         let mut deadline = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
         if self.lost.is_cancelled() || Instant::now() >= *deadline {
             return false;
         }
-        if new > *deadline {
-            *deadline = new;
-        }
+        *deadline = new;
         true
     }
 
@@ -105,6 +105,7 @@ impl LeaseState {
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
+#[must_use = "dropping a Lease releases it at once; bind it (`let lease = ...`) for as long as the work runs"]
 pub struct Lease {
     state: Arc<LeaseState>,
     locker: Arc<LockerInner>,

@@ -158,6 +158,13 @@ fn default_ttl(caps: &crate::backend::Capabilities) -> Duration {
     Duration::from_secs(30).clamp(caps.min_ttl, caps.max_ttl)
 }
 
+/// What a wait saw last, for [`Error::Timeout`].
+#[derive(Default)]
+pub(crate) struct WaitReport {
+    holder: Option<Box<LeaseRecord>>,
+    error: Option<BackendError>,
+}
+
 /// The result of one acquire attempt.
 enum Attempt {
     Acquired(Lease),
@@ -353,13 +360,14 @@ impl Locker {
     ) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
         let started = Instant::now();
-        let mut last_seen = None;
-        match tokio::time::timeout(timeout, self.wait_for(&key, Some(&mut last_seen))).await {
+        let mut seen = WaitReport::default();
+        match tokio::time::timeout(timeout, self.wait_for(&key, Some(&mut seen))).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 key,
                 waited: started.elapsed(),
-                holder: last_seen,
+                holder: seen.holder,
+                last_error: seen.error.map(Box::new),
             }),
         }
     }
@@ -551,33 +559,36 @@ impl Locker {
     pub(crate) async fn wait_for(
         &self,
         key: &LeaseKey,
-        mut last_seen: Option<&mut Option<Box<LeaseRecord>>>,
+        mut report: Option<&mut WaitReport>,
     ) -> Result<Lease, Error> {
         // One holder token for every attempt: a grant that landed unseen is found again by the
         // next attempt (acquire is idempotent per holder token).
         let mut pending = self.pending(key);
         let mut delays = self.inner.options.retry.delays();
-        // Once an attempt's outcome was unknown, its write may still land later: keep the
-        // background release armed until we hold the key.
-        let mut uncertain = false;
-        let first_sent = Instant::now();
+        // When the first attempt whose outcome is unknown was sent. Its write may still land
+        // later: keep the background release armed until we hold the key. A grant of ours found
+        // later may come from it, so its deadline counts from then. (Attempts answered "held by
+        // another" did not land, so they do not count.)
+        let mut first_uncertain: Option<Instant> = None;
         loop {
             pending.armed = true;
             let delay = delays.next().unwrap_or(self.inner.options.retry.max_delay);
-            match self.attempt(key, pending.holder, Some(first_sent)).await {
+            let sent = Instant::now();
+            match self.attempt(key, pending.holder, first_uncertain).await {
                 Ok(Attempt::Acquired(lease)) => {
                     pending.armed = false;
                     return Ok(lease);
                 }
                 Ok(Attempt::Held(record)) => {
-                    pending.armed = uncertain;
+                    pending.armed = first_uncertain.is_some();
                     // Wake up early when the holder's expiry is due before the next poll.
                     let wait = record
                         .as_ref()
                         .and_then(|r| r.expires_in)
                         .map_or(delay, |left| delay.min(left + Duration::from_millis(5)));
-                    if let Some(seen) = last_seen.as_deref_mut() {
-                        *seen = record;
+                    if let Some(report) = report.as_deref_mut() {
+                        report.holder = record;
+                        report.error = None;
                     }
                     let backend = &*self.inner.backend;
                     if let Err(e) = backend.wait_for_change(key, wait).await {
@@ -586,9 +597,12 @@ impl Locker {
                     }
                 }
                 Err(Error::Backend(e)) if e.is_transient() => {
-                    uncertain = true;
+                    first_uncertain.get_or_insert(sent);
                     tracing::warn!(key = %key, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "acquire failed; retrying");
+                    if let Some(report) = report.as_deref_mut() {
+                        report.error = Some(e);
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
@@ -598,15 +612,17 @@ impl Locker {
 
     /// One acquire attempt with holder token `holder`, resolving unknown outcomes by reading back.
     ///
-    /// `first_sent` is when the first attempt with this holder token was sent, if earlier ones
-    /// were. A grant found by reading back (or reported as already ours) may come from any of
-    /// those attempts, so its deadline counts from the first one: the only instant known to be
-    /// before the store applied it.
+    /// `first_uncertain` is when the first earlier attempt with this holder token whose outcome
+    /// is unknown was sent, if there was one. A grant found by reading back (or reported as
+    /// already ours) may come from that attempt, so its deadline counts from then: the only
+    /// instant known to be before the store applied it. A grant this attempt is answered with
+    /// counts from this attempt's own send instant: acquiring again with the same holder token
+    /// renews the store's expiry (a backend rule the conformance kit checks).
     async fn attempt(
         &self,
         key: &LeaseKey,
         holder: HolderToken,
-        first_sent: Option<Instant>,
+        first_uncertain: Option<Instant>,
     ) -> Result<Attempt, Error> {
         let inner = &self.inner;
         let backend = &*inner.backend;
@@ -616,30 +632,32 @@ impl Locker {
             inner.options.ttl,
             inner.metadata.clone(),
         );
-        // A grant is useless once its holder window has passed, so no call waits longer.
-        let bound = inner.options.holder_window(inner.options.ttl);
+        // A grant is useless once its holder window has passed, so nothing waits longer; the
+        // acquire itself gets half of it, so a hung request leaves time to read the record back.
+        let window = inner.options.holder_window(inner.options.ttl);
         let sent = Instant::now();
-        let earliest = first_sent.unwrap_or(sent);
+        let earliest = first_uncertain.map_or(sent, |t| t.min(sent));
         let result = traced(
             backend,
             "acquire",
             key,
-            tokio::time::timeout(bound, backend.acquire(&request)),
+            tokio::time::timeout(window / 2, backend.acquire(&request)),
         )
         .await;
         match result {
             Ok(AcquireOutcome::Acquired(grant)) => {
-                self.grant(key, holder, grant.fencing, grant.ttl, sent)
-                    .await
+                let ttl = grant.ttl.min(inner.options.ttl);
+                self.grant(key, holder, grant.fencing, ttl, sent).await
             }
             Ok(AcquireOutcome::Held(Some(record))) if record.is_held_by(&holder) => {
-                let ttl = record.ttl.unwrap_or(inner.options.ttl);
-                self.grant(key, holder, record.fencing, ttl, earliest).await
+                self.grant_read_back(key, holder, &record, earliest, sent)
+                    .await
             }
             Ok(AcquireOutcome::Held(record)) => Ok(Attempt::Held(record)),
             Err(e) if e.is_transient() => {
                 // Unknown outcome: did our write land? Read it back.
-                let remaining = (sent + bound).saturating_duration_since(Instant::now());
+                let remaining = (sent + window).saturating_duration_since(Instant::now());
+                let read_sent = Instant::now();
                 let read = traced(
                     backend,
                     "inspect",
@@ -650,14 +668,55 @@ impl Locker {
                 match read {
                     Ok(Some(record)) if record.is_held_by(&holder) => {
                         tracing::info!(key = %key, "acquire outcome was unknown; read back: it landed");
-                        let ttl = record.ttl.unwrap_or(inner.options.ttl);
-                        self.grant(key, holder, record.fencing, ttl, earliest).await
+                        self.grant_read_back(key, holder, &record, earliest, read_sent)
+                            .await
                     }
                     _ => Err(e.into()),
                 }
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A grant of ours found in a record read back (by inspect, or in a "held" answer): the store
+    /// applied it at some point after `earliest`. Its deadline counts from `earliest` with the TTL
+    /// the record states — never a TTL assumed longer. A record without a TTL but with the time
+    /// left is judged by that, from `read_sent` (the read happened after it was sent); a record
+    /// with neither cannot be trusted, and the grant is given back.
+    async fn grant_read_back(
+        &self,
+        key: &LeaseKey,
+        holder: HolderToken,
+        record: &LeaseRecord,
+        earliest: Instant,
+        read_sent: Instant,
+    ) -> Result<Attempt, Error> {
+        let requested = self.inner.options.ttl;
+        match (record.ttl, record.expires_in) {
+            (Some(ttl), _) => {
+                self.grant(key, holder, record.fencing, ttl.min(requested), earliest)
+                    .await
+            }
+            (None, Some(left)) => {
+                self.grant(key, holder, record.fencing, left.min(requested), read_sent)
+                    .await
+            }
+            (None, None) => {
+                self.give_back(key, holder).await;
+                Err(BackendError::transient(
+                    self.inner.backend.name(),
+                    "a grant read back did not say how long it lasts; given back",
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Frees a grant of ours that we will not use (owner-checked, bounded by the TTL).
+    async fn give_back(&self, key: &LeaseKey, holder: HolderToken) {
+        let request = ReleaseRequest::new(key.clone(), holder);
+        let backend = &*self.inner.backend;
+        let _ = tokio::time::timeout(self.inner.options.ttl, backend.release(&request)).await;
     }
 
     /// Turns a confirmed grant into a held, renewed [`Lease`].
@@ -672,11 +731,9 @@ impl Locker {
         let deadline = sent + self.inner.options.holder_window(ttl);
         if deadline <= Instant::now() {
             // The answer came too late to be safe to act on; give the grant back.
-            let request = ReleaseRequest::new(key.clone(), holder);
-            let backend = &*self.inner.backend;
-            let _ = tokio::time::timeout(self.inner.options.ttl, backend.release(&request)).await;
+            self.give_back(key, holder).await;
             return Err(BackendError::transient(
-                backend.name(),
+                self.inner.backend.name(),
                 "the grant arrived after its holder deadline",
             )
             .into());

@@ -139,6 +139,9 @@ impl Backend for MemoryBackend {
     }
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.capabilities()
+            .check_ttl(request.ttl)
+            .map_err(|e| BackendError::invalid_input("memory", e))?;
         let now = Instant::now();
         let mut slots = self.slots();
         let slot = slots.entry(request.key.clone()).or_insert_with(Slot::new);
@@ -177,6 +180,9 @@ impl Backend for MemoryBackend {
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.capabilities()
+            .check_ttl(request.ttl)
+            .map_err(|e| BackendError::invalid_input("memory", e))?;
         Ok(Self::renew_one(&mut self.slots(), request))
     }
 
@@ -184,10 +190,15 @@ impl Backend for MemoryBackend {
         &self,
         requests: &[RenewRequest],
     ) -> Vec<Result<RenewOutcome, BackendError>> {
+        let caps = self.capabilities();
         let mut slots = self.slots();
         requests
             .iter()
-            .map(|r| Ok(Self::renew_one(&mut slots, r)))
+            .map(|r| {
+                caps.check_ttl(r.ttl)
+                    .map_err(|e| BackendError::invalid_input("memory", e))?;
+                Ok(Self::renew_one(&mut slots, r))
+            })
             .collect()
     }
 
@@ -253,7 +264,21 @@ impl Backend for MemoryBackend {
             let slot = slots.entry(key.clone()).or_insert_with(Slot::new);
             Arc::clone(&slot.changed)
         };
-        let _ = tokio::time::timeout(max_wait, changed.notified()).await;
+        // Subscribe first, then look: a release between the caller's last attempt and this call
+        // would otherwise be missed (`notify_waiters` keeps no permit) and the waiter would sleep
+        // the whole `max_wait`.
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = Instant::now();
+        let held = self
+            .slots()
+            .get(key)
+            .is_some_and(|slot| slot.live_holder(now).is_some());
+        if !held {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(max_wait, notified).await;
         Ok(())
     }
 }

@@ -77,8 +77,13 @@ impl RetryPolicy {
             builder = builder.with_jitter();
         }
         // `without_max_times` makes the sequence endless; the fallback only guards the type.
+        // backon adds its jitter on top of the capped delay: cap again so the documented maximum
+        // holds.
         let cap = self.max_delay;
-        builder.build().chain(std::iter::repeat(cap))
+        builder
+            .build()
+            .chain(std::iter::repeat(cap))
+            .map(move |d| d.min(cap))
     }
 
     fn validate(&self) -> Result<(), InvalidInput> {
@@ -292,5 +297,10 @@ mod tests {
         assert!(delays[1].abs_diff(Duration::from_millis(50)) < Duration::from_micros(1));
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
         assert_eq!(delays[11], Duration::from_secs(1));
+        let jittered = RetryPolicy::default().with_jitter(true);
+        assert!(
+            jittered.delays().take(200).all(|d| d <= jittered.max_delay),
+            "jitter pushed a delay past the cap"
+        );
     }
 }

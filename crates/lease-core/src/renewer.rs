@@ -8,6 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -128,15 +131,27 @@ impl Shared {
                 let next_renew = entries.leases.values().map(|e| e.next_renew).min();
                 let mut batch = Vec::new();
                 if next_renew.is_some_and(|t| t <= now) {
-                    // Renew every lease, not only the due ones: renewing early is harmless, and
-                    // it keeps all leases of a locker in one batch (one call) per interval, however
-                    // scattered their acquisition times.
+                    let regular_due = entries
+                        .leases
+                        .values()
+                        .any(|e| e.retry.is_none() && e.next_renew <= now);
+                    // A regular renewal takes every lease, not only the due ones: renewing early
+                    // is harmless, and it keeps all leases of a locker in one batch (one call) per
+                    // interval, however scattered their acquisition times. A retry after a failure
+                    // takes only the failing leases, so one sick lease does not make the whole
+                    // batch resend at the retry cadence.
                     let horizon = now + self.options.renew_interval;
                     batch.extend(
                         entries
                             .leases
                             .iter()
-                            .filter(|(_, e)| e.next_renew <= horizon)
+                            .filter(|(_, e)| {
+                                if regular_due {
+                                    e.next_renew <= horizon
+                                } else {
+                                    e.retry.is_some() && e.next_renew <= now
+                                }
+                            })
                             .map(|(id, e)| (*id, Arc::clone(&e.state))),
                     );
                 }
@@ -159,19 +174,25 @@ impl Shared {
             .iter()
             .map(|(_, s)| RenewRequest::new(s.key.clone(), s.holder, self.options.ttl))
             .collect();
-        // Every call is bounded by the remaining lease: no answer after the earliest deadline in
-        // the batch can help that lease any more.
+        // Every call is bounded by the remaining lease: no answer after the latest deadline in the
+        // batch can help any lease in it. (Bounding by the earliest would let the sickest lease
+        // cut the call short for all; a lease whose own deadline passes meanwhile is ended by the
+        // watchdog below, and a late answer cannot revive it.)
         let bound = batch
             .iter()
             .map(|(_, s)| s.deadline())
-            .min()
+            .max()
             .unwrap_or_else(Instant::now);
         let sent = Instant::now();
         let started = std::time::Instant::now();
-        let call = tokio::time::timeout_at(bound, self.backend.renew_many(&requests));
+        // A panicking backend must not kill renewal silently: it ends the batch's leases as lost.
+        let call = tokio::time::timeout_at(
+            bound,
+            AssertUnwindSafe(self.backend.renew_many(&requests)).catch_unwind(),
+        );
         tokio::pin!(call);
-        // While the batch is in flight, keep firing lost signals of any lease (in the batch or not)
-        // whose deadline passes.
+        // While the batch is in flight, keep firing lost signals of any lease (in the batch or not,
+        // including leases added meanwhile) whose deadline passes.
         let results = loop {
             let next_deadline = {
                 let mut entries = self.lock();
@@ -179,12 +200,32 @@ impl Shared {
             };
             let watchdog = tokio::time::sleep_until(next_deadline.unwrap_or(bound));
             tokio::select! {
+                // An answer that is ready at the same instant as a deadline is looked at first,
+                // and judged against that deadline by `LeaseState::extend`.
+                biased;
                 result = &mut call => break result,
                 () = watchdog => {}
+                // A lease added mid-batch may have the earliest deadline: recompute.
+                () = self.wake.notified() => {}
             }
         };
-        // A timeout leaves no results: every lease in the batch counts as a transient failure.
-        let mut results = results.unwrap_or_default();
+        let results = match results {
+            Ok(Ok(results)) => results,
+            Ok(Err(panic)) => {
+                let what = panic_message(panic.as_ref());
+                tracing::error!(backend = self.backend.name(), panic = %what,
+                    "lease lost: the backend panicked during renewal");
+                let mut entries = self.lock();
+                for (id, state) in batch {
+                    state.mark_lost(LostReason::FatalBackendError);
+                    entries.leases.remove(&id);
+                }
+                return;
+            }
+            // A timeout leaves no results: every lease in the batch counts as a transient failure.
+            Err(_) => Vec::new(),
+        };
+        let mut results = results;
         if results.len() != requests.len() {
             let why = if results.is_empty() {
                 "renewal timed out before the lease deadline"
@@ -241,4 +282,13 @@ impl Shared {
             }
         }
     }
+}
+
+/// The message of a caught panic, when it is a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }

@@ -109,7 +109,8 @@ impl FromStr for HolderToken {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidInput::new("holder token", "expected 32 hexadecimal digits");
-        if s.len() != 32 || !s.is_ascii() {
+        // `from_str_radix` alone would take a sign ("+f"), so check the digits first.
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid());
         }
         let mut bytes = [0u8; 16];
@@ -221,6 +222,12 @@ mod tests {
             assert_eq!(t.to_string().parse::<HolderToken>().unwrap(), *t);
         }
         assert!("zz".parse::<HolderToken>().is_err());
+        assert!(
+            format!("+{}", "f".repeat(31))
+                .parse::<HolderToken>()
+                .is_err()
+        );
+        assert!("+f".repeat(16).parse::<HolderToken>().is_err());
         assert!("g".repeat(32).parse::<HolderToken>().is_err());
         assert!("é".repeat(16).parse::<HolderToken>().is_err());
     }

@@ -1,7 +1,6 @@
 //! The conformance kit must catch what it claims to: each deliberately broken backend below fails
 //! the cases that check the rule it breaks (and the kit's verdict is checked, not just run).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +23,16 @@ enum Defect {
     NoExclusion,
     /// A held key is taken over at half its TTL.
     TakeoverTooEarly,
+    /// Grants and renewals expire 8 % early (the TTL reported is the one asked for).
+    ExpiresEarly,
+    /// Acquiring again with the same holder token answers "acquired" but keeps the old expiry.
+    ReacquireKeepsExpiry,
+    /// Renewals are granted for 85 % of the TTL, but report the full TTL.
+    ShortRenewalUnreported,
+    /// A second acquire by the same holder token is refused.
+    RefusesReacquire,
+    /// No defect: the control, proving the wrapper itself is not what the kit rejects.
+    None,
 }
 
 /// MemoryBackend with one defect, built by composition so the defect is the only difference.
@@ -64,7 +73,33 @@ impl Backend for Broken {
     }
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        let outcome = self.inner.acquire(request).await?;
+        let own_grant = self
+            .inner
+            .inspect(&request.key)
+            .await?
+            .filter(|r| r.is_held_by(&request.holder));
+        match (self.defect, own_grant) {
+            (Defect::RefusesReacquire, Some(_)) => return Ok(AcquireOutcome::Held(None)),
+            (Defect::ReacquireKeepsExpiry, Some(record)) => {
+                return Ok(AcquireOutcome::Acquired(Grant::new(
+                    record.fencing,
+                    request.ttl,
+                )));
+            }
+            _ => {}
+        }
+        let outcome = if self.defect == Defect::ExpiresEarly {
+            let mut shorter = request.clone();
+            shorter.ttl = request.ttl.mul_f64(0.92);
+            match self.inner.acquire(&shorter).await? {
+                AcquireOutcome::Acquired(g) => {
+                    AcquireOutcome::Acquired(Grant::new(g.fencing, request.ttl))
+                }
+                held => held,
+            }
+        } else {
+            self.inner.acquire(request).await?
+        };
         Ok(match (self.defect, outcome) {
             (Defect::FencingResets, AcquireOutcome::Acquired(g)) => {
                 AcquireOutcome::Acquired(Grant::new(FencingToken::new(1), g.ttl))
@@ -94,7 +129,20 @@ impl Backend for Broken {
             let forged = RenewRequest::new(request.key.clone(), current, request.ttl);
             return self.inner.renew(&forged).await;
         }
-        self.inner.renew(request).await
+        let factor = match self.defect {
+            Defect::ExpiresEarly => 0.92,
+            Defect::ShortRenewalUnreported => 0.85,
+            _ => return self.inner.renew(request).await,
+        };
+        let shorter = RenewRequest::new(
+            request.key.clone(),
+            request.holder,
+            request.ttl.mul_f64(factor),
+        );
+        Ok(match self.inner.renew(&shorter).await? {
+            RenewOutcome::Renewed(_) => RenewOutcome::Renewed(request.ttl),
+            other => other,
+        })
     }
 
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
@@ -115,37 +163,6 @@ impl Backend for Broken {
 
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
         self.inner.break_lease(key).await
-    }
-}
-
-/// A backend wrapper whose acquire refuses a second acquire by the same holder.
-#[derive(Debug)]
-struct RefusesReacquire(MemoryBackend);
-
-#[async_trait]
-impl Backend for RefusesReacquire {
-    fn name(&self) -> &'static str {
-        "refuses-reacquire"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        if let Some(record) = self.0.inspect(&request.key).await?
-            && record.is_held_by(&request.holder)
-        {
-            return Ok(AcquireOutcome::Held(None));
-        }
-        self.0.acquire(request).await
-    }
-    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
-        self.0.renew(request).await
-    }
-    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
-        self.0.release(request).await
-    }
-    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.0.inspect(key).await
     }
 }
 
@@ -200,23 +217,44 @@ async fn early_takeover_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_idempotent_reacquire_is_caught() {
-    let h =
-        Harness::new(RefusesReacquire(MemoryBackend::new())).with_ttl(Duration::from_millis(300));
+    let h = Broken::harness(Defect::RefusesReacquire);
     expect_failure(&h, "reacquire_by_same_holder_is_idempotent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_correct_wrapper_passes_the_same_cases() {
-    // Control: the composition itself is not what fails.
-    let h =
-        Harness::from_shared(Arc::new(MemoryBackend::new())).with_ttl(Duration::from_millis(300));
+async fn expiring_eight_percent_early_is_caught() {
+    let h = Broken::harness(Defect::ExpiresEarly);
+    expect_failure(&h, "stopped_holder_is_taken_over_after_ttl").await;
+    expect_failure(&h, "renewal_reports_the_ttl_it_granted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reacquire_that_keeps_the_old_expiry_is_caught() {
+    let h = Broken::harness(Defect::ReacquireKeepsExpiry);
+    expect_failure(&h, "reacquire_extends_the_expiry").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_shorter_than_reported_is_caught() {
+    let h = Broken::harness(Defect::ShortRenewalUnreported);
+    expect_failure(&h, "renewal_reports_the_ttl_it_granted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrapper_without_a_defect_passes_every_case() {
+    // Control: the composition itself is not what fails, for every case the tests above use.
+    let h = Broken::harness(Defect::None);
     for case in [
         "stale_grant_cannot_renew_or_release",
         "fencing_never_resets",
+        "release_lets_next_in_with_higher_token",
         "held_key_reports_holder",
+        "contenders_never_overlap",
         "stopped_holder_is_taken_over_after_ttl",
         "lost_signal_fires_before_next_grant",
         "reacquire_by_same_holder_is_idempotent",
+        "reacquire_extends_the_expiry",
+        "renewal_reports_the_ttl_it_granted",
     ] {
         run_case(case, &h).await.unwrap();
     }

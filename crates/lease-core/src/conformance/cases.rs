@@ -357,10 +357,14 @@ pub(super) async fn stopped_holder_is_taken_over_after_ttl(h: &Harness) -> CaseR
     // The holder stops here (crashed: no renewal, no release).
     let (second, granted_at) =
         poll_grant(h, &key, HolderToken::generate(), takeover_limit(h)).await?;
-    let earliest_allowed = locker.options().holder_window(h.ttl());
+    // The store applied the grant after it was sent, so it cannot expire before the TTL has
+    // passed since the send instant (allowing only for clock-rate drift). Measured from the
+    // send, not the answer: a correct store may answer late, after it applied the grant.
+    let earliest_allowed = h.ttl().mul_f64(1.0 - locker.options().max_clock_drift);
     ensure!(
         granted_at - sent >= earliest_allowed,
-        "taken over after {:?}, before the old holder's deadline {earliest_allowed:?}",
+        "taken over {:?} after the grant was requested, before its TTL ({earliest_allowed:?}) \
+         could have run out",
         granted_at - sent
     );
     ensure!(
@@ -855,6 +859,170 @@ pub(super) async fn election_hands_over_leadership(h: &Harness) -> CaseResult {
     Ok(())
 }
 
+/// The earliest a correct store can let another holder in after a grant (or renewal) of `ttl`
+/// requested at `sent`: the store applied it after `sent`, so only clock-rate drift can shorten it.
+fn expiry_floor(h: &Harness, sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl.mul_f64(1.0 - h.locker().options().max_clock_drift)
+}
+
+pub(super) async fn reacquire_extends_the_expiry(h: &Harness) -> CaseResult {
+    let key = h.key("reacquire-extends");
+    let holder = HolderToken::generate();
+    raw_grant(h, &key, holder).await?;
+    sleep(h.ttl() / 2).await;
+    let sent = Instant::now();
+    raw_grant(h, &key, holder)
+        .await
+        .map_err(|e| format!("re-acquire with the same holder token was refused: {e}"))?;
+    let (_, granted_at) = poll_grant(h, &key, HolderToken::generate(), takeover_limit(h)).await?;
+    let floor = expiry_floor(h, sent, h.ttl());
+    ensure!(
+        granted_at >= floor,
+        "taken over {:?} after a re-acquire by the same holder: the re-acquire did not extend \
+         the expiry to a full TTL (the protocol counts the holder's deadline from it)",
+        granted_at - sent
+    );
+    Ok(())
+}
+
+pub(super) async fn renewal_reports_the_ttl_it_granted(h: &Harness) -> CaseResult {
+    let key = h.key("renew-reports-ttl");
+    let holder = HolderToken::generate();
+    raw_grant(h, &key, holder).await?;
+    sleep(h.ttl() / 2).await;
+    let sent = Instant::now();
+    let granted = match raw_renew(h, &key, holder).await? {
+        RenewOutcome::Renewed(granted) => granted,
+        other => return Err(format!("renewal of a live grant answered {other:?}")),
+    };
+    ensure!(
+        !granted.is_zero() && granted <= h.ttl(),
+        "renewal for {:?} reported a grant of {granted:?}",
+        h.ttl()
+    );
+    let (_, granted_at) = poll_grant(h, &key, HolderToken::generate(), takeover_limit(h)).await?;
+    let floor = expiry_floor(h, sent, granted);
+    ensure!(
+        granted_at >= floor,
+        "renewal reported {granted:?} but the key was taken over {:?} after it was sent: \
+         holders' deadlines follow the reported TTL, so it must be what the store granted",
+        granted_at - sent
+    );
+    Ok(())
+}
+
+pub(super) async fn renew_after_release_is_not_held(h: &Harness) -> CaseResult {
+    let key = h.key("renew-after-release");
+    let holder = HolderToken::generate();
+    let fencing = raw_grant(h, &key, holder).await?;
+    let released = raw_release(h, &key, holder).await?;
+    ensure!(
+        released == ReleaseOutcome::Released,
+        "release of a live grant answered {released:?}"
+    );
+    let renewed = raw_renew(h, &key, holder).await?;
+    ensure!(
+        renewed == RenewOutcome::NotHeld,
+        "renewal after release answered {renewed:?}, expected NotHeld"
+    );
+    let again = raw_release(h, &key, holder).await?;
+    ensure!(
+        again == ReleaseOutcome::NotHeld,
+        "a second release answered {again:?}, expected NotHeld"
+    );
+    let record = inspect(h, &key).await?;
+    ensure!(
+        record.as_ref().is_none_or(|r| !r.is_held()),
+        "the key is held after release and a late renewal: {record:?}"
+    );
+    let next = raw_grant(h, &key, HolderToken::generate()).await?;
+    ensure!(
+        next > fencing,
+        "the next grant's token {next} is not above {fencing}"
+    );
+    Ok(())
+}
+
+pub(super) async fn slow_responses_never_stretch_the_deadline(h: &Harness) -> CaseResult {
+    let key = h.key("slow-responses");
+    let faulty = h.faulty();
+    let slow = h.ttl() / 5;
+    faulty.delay_responses(Op::Acquire, slow);
+    faulty.delay_responses(Op::Renew, slow);
+    let holder = h.locker_on(Arc::new(faulty.clone()), "slow-network");
+    let window = holder.options().holder_window(h.ttl());
+    let lease = must_acquire(&holder, &key).await?;
+    // The answer was held back `slow` after the store applied the grant, so the request was sent
+    // at least `slow` before the lease came back.
+    let latest_send = Instant::now() - slow;
+    ensure!(
+        lease.deadline() <= latest_send + window,
+        "an answer held back {slow:?} stretched the deadline {:?} past send + window: \
+         deadlines count from the send instant, not the answer",
+        lease.deadline() - (latest_send + window)
+    );
+    // Renewals with slow answers keep the lease, and never push the deadline past the window
+    // counted from some renewal's send instant (so never past now + window).
+    sleep(h.ttl()).await;
+    ensure!(lease.is_held(), "slow renewal answers lost the lease");
+    ensure!(
+        lease.deadline() <= Instant::now() + window,
+        "a renewal with a slow answer set the deadline past now + the holder window"
+    );
+    // Cut the holder off: the next holder must not be granted the key before it knows.
+    let lost = lease.lost();
+    faulty.drop_renewals(true);
+    let deadline = lease.deadline();
+    let (_, granted_at) = poll_grant(
+        h,
+        &key,
+        HolderToken::generate(),
+        takeover_limit(h) + h.ttl(),
+    )
+    .await?;
+    ensure!(
+        granted_at >= deadline,
+        "the key was granted {:?} before the cut-off holder's deadline",
+        deadline - granted_at
+    );
+    tokio::time::timeout(Duration::from_millis(1), lost)
+        .await
+        .map_err(|_| "the cut-off holder's lost() had not resolved at the next grant".to_owned())?;
+    Ok(())
+}
+
+pub(super) async fn panicking_backend_call_ends_the_lease(h: &Harness) -> CaseResult {
+    let key = h.key("panicking-call");
+    let faulty = h.faulty();
+    let locker = h.locker_on(Arc::new(faulty.clone()), "panicking");
+    let lease = must_acquire(&locker, &key).await?;
+    let lost = lease.lost();
+    faulty.panic_next(Op::Renew, 1);
+    let reason = tokio::time::timeout(h.ttl() * 2, lost)
+        .await
+        .map_err(|_| "a renewal that panicked left the lease looking held".to_owned())?;
+    ensure!(
+        reason == LostReason::FatalBackendError,
+        "lost reason after a panicking renewal: {reason:?}"
+    );
+    ensure!(!lease.is_held(), "is_held() after the loss");
+    ensure!(
+        locker.held_count() == 0,
+        "the renewer still carries the lease"
+    );
+    // The renewer survives: a new lease on the same locker is renewed past its first TTL.
+    drop(lease);
+    locker.drain().await;
+    let again = must_acquire(&locker, &h.key("panicking-call-after")).await?;
+    sleep(h.ttl() + h.ttl() / 2).await;
+    ensure!(
+        again.is_held(),
+        "after a panicking renewal, later leases of the same locker are not renewed"
+    );
+    again.release().await.map_err(fail("release"))?;
+    Ok(())
+}
+
 pub(super) async fn invalid_input_is_typed(h: &Harness) -> CaseResult {
     let locker = h.locker();
     for bad in [
@@ -878,10 +1046,38 @@ pub(super) async fn invalid_input_is_typed(h: &Harness) -> CaseResult {
         other => return Err(format!("inspect of a bad key gave {other:?}")),
     }
     let caps = h.backend().capabilities();
-    let mut bad_ttls = vec![Duration::ZERO, caps.max_ttl + Duration::from_secs(1)];
+    let mut bad_ttls = vec![Duration::ZERO];
+    if let Some(longer) = caps.max_ttl.checked_add(Duration::from_secs(1)) {
+        bad_ttls.push(longer);
+    }
     if caps.min_ttl > Duration::from_millis(1) {
         bad_ttls.push(caps.min_ttl / 2);
     }
+    // The backend itself refuses a TTL outside the range it declares (a caller may bypass the
+    // locker), without granting anything.
+    let key = h.key("invalid-ttl");
+    for ttl in &bad_ttls {
+        let request = AcquireRequest::new(
+            key.clone(),
+            HolderToken::generate(),
+            *ttl,
+            HolderMetadata::from_stored_lossy("raw"),
+        );
+        match h.backend().acquire(&request).await {
+            Err(e) if !e.is_transient() => {}
+            other => {
+                return Err(format!(
+                    "the backend answered an acquire for ttl {ttl:?} (outside its range) with \
+                     {other:?}, expected a non-transient error"
+                ));
+            }
+        }
+    }
+    let record = inspect(h, &key).await?;
+    ensure!(
+        record.as_ref().is_none_or(|r| !r.is_held()),
+        "an acquire with an invalid TTL left a grant: {record:?}"
+    );
     for ttl in bad_ttls {
         match Locker::builder_shared(Arc::clone(h.backend()))
             .ttl(ttl)

@@ -27,6 +27,10 @@ pub enum Op {
     Release,
     /// [`Backend::inspect`].
     Inspect,
+    /// [`Backend::break_lease`].
+    Break,
+    /// [`Backend::list`].
+    List,
 }
 
 /// Wraps a backend and misbehaves on request, the way networks and servers do.
@@ -38,7 +42,11 @@ pub enum Op {
 ///   resolve by reading back.
 /// - [`FaultyBackend::drop_renewals`]: renewals fail without reaching the store (a holder cut off
 ///   from the store while it still runs).
-/// - [`FaultyBackend::set_latency`]: every call is delayed.
+/// - [`FaultyBackend::set_latency`]: every call is delayed before it is sent.
+/// - [`FaultyBackend::delay_responses`]: calls of one operation *reach* the store and take effect,
+///   then their answer is held back (a slow network on the way back) — the fault the holder
+///   deadline rule (counted from the send instant) and the late-answer guards exist for.
+/// - [`FaultyBackend::panic_next`]: the next calls panic inside the backend (a bug in a driver).
 ///
 /// Clones share the same fault settings.
 ///
@@ -66,6 +74,8 @@ struct Faults {
     fail_next: Mutex<HashMap<Op, u32>>,
     lose_next: Mutex<HashMap<Op, u32>>,
     drop_renewals: AtomicBool,
+    response_delay: Mutex<HashMap<Op, Duration>>,
+    panic_next: Mutex<HashMap<Op, u32>>,
     calls: Mutex<HashMap<Op, AtomicU64>>,
 }
 
@@ -120,6 +130,27 @@ impl FaultyBackend {
             .or_default() += n;
     }
 
+    /// Holds back every answer of `op` for `delay` after the store applied the call
+    /// (`Duration::ZERO` switches it off).
+    pub fn delay_responses(&self, op: Op, delay: Duration) {
+        self.faults
+            .response_delay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(op, delay);
+    }
+
+    /// The next `n` calls of `op` panic inside the backend, before reaching the store.
+    pub fn panic_next(&self, op: Op, n: u32) {
+        *self
+            .faults
+            .panic_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(op)
+            .or_default() += n;
+    }
+
     /// While on, renewals fail with a transient error without reaching the store.
     pub fn drop_renewals(&self, on: bool) {
         self.faults.drop_renewals.store(on, Ordering::SeqCst);
@@ -151,6 +182,9 @@ impl FaultyBackend {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        if take(&self.faults.panic_next, op) {
+            panic!("injected: the {op:?} call panicked inside the backend");
+        }
         if op == Op::Renew && self.faults.drop_renewals.load(Ordering::SeqCst) {
             return Err(BackendError::transient(
                 "faulty",
@@ -166,7 +200,23 @@ impl FaultyBackend {
         Ok(())
     }
 
-    fn after<T>(&self, op: Op, result: Result<T, BackendError>) -> Result<T, BackendError> {
+    /// Holds the answer back if a response delay is set for `op` (the store has applied the call).
+    async fn delay_answer(&self, op: Op) {
+        let delay = self
+            .faults
+            .response_delay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&op)
+            .copied()
+            .unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn after<T>(&self, op: Op, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        self.delay_answer(op).await;
         if result.is_ok() && take(&self.faults.lose_next, op) {
             return Err(BackendError::transient(
                 "faulty",
@@ -190,13 +240,13 @@ impl Backend for FaultyBackend {
     async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
         self.before(Op::Acquire, 1).await?;
         let result = self.inner.acquire(request).await;
-        self.after(Op::Acquire, result)
+        self.after(Op::Acquire, result).await
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
         self.before(Op::Renew, 1).await?;
         let result = self.inner.renew(request).await;
-        self.after(Op::Renew, result)
+        self.after(Op::Renew, result).await
     }
 
     async fn renew_many(
@@ -210,6 +260,7 @@ impl Backend for FaultyBackend {
                 .collect();
         }
         let results = self.inner.renew_many(requests).await;
+        self.delay_answer(Op::Renew).await;
         let lost = take(&self.faults.lose_next, Op::Renew);
         results
             .into_iter()
@@ -226,17 +277,25 @@ impl Backend for FaultyBackend {
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
         self.before(Op::Release, 1).await?;
         let result = self.inner.release(request).await;
-        self.after(Op::Release, result)
+        self.after(Op::Release, result).await
     }
 
     async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
         self.before(Op::Inspect, 1).await?;
         let result = self.inner.inspect(key).await;
-        self.after(Op::Inspect, result)
+        self.after(Op::Inspect, result).await
     }
 
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.break_lease(key).await
+        self.before(Op::Break, 1).await?;
+        let result = self.inner.break_lease(key).await;
+        self.after(Op::Break, result).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, BackendError> {
+        self.before(Op::List, 1).await?;
+        let result = self.inner.list(prefix).await;
+        self.after(Op::List, result).await
     }
 
     async fn wait_for_change(

@@ -222,7 +222,12 @@ cases! {
     many_independent_keys: "many keys are held at once, by one locker or many, and stay held across renewals",
     break_frees_the_key: "an administrative break frees the key, keeps the counter, and the old holder learns of it",
     election_hands_over_leadership: "one leader at a time; resigning hands over to the next candidate; observe reports it",
-    invalid_input_is_typed: "invalid keys and TTLs give typed errors before reaching the store",
+    reacquire_extends_the_expiry: "acquiring again with the same holder token extends the store's expiry to a full TTL from then",
+    renewal_reports_the_ttl_it_granted: "a renewal reports the TTL the store granted: the key is not taken over before it runs out",
+    renew_after_release_is_not_held: "renew and release after a release answer NotHeld and leave the key free",
+    slow_responses_never_stretch_the_deadline: "answers delayed after the store applied the call never push the holder deadline past send + window, and the next grant comes after it",
+    panicking_backend_call_ends_the_lease: "a backend call that panics during renewal ends the lease as lost (signalled), and renewal goes on for other leases",
+    invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
 }
 
 /// Runs the case named `name` against `harness`.
