@@ -1,0 +1,482 @@
+//! The protocol's timing and ownership rules, each pinned by a test on the paused clock that fails
+//! when the rule is removed from the code (see docs/testing.md, mutation testing). Mocks are fine
+//! here: this tests the protocol, not a store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lease_core::conformance::{FaultyBackend, Op};
+use lease_core::{
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Error, LeaseKey,
+    LeaseRecord, Locker, LostReason, MemoryBackend, ReleaseOutcome, ReleaseRequest, RenewOutcome,
+    RenewRequest, RetryPolicy,
+};
+use tokio::time::{Instant, sleep};
+
+const TTL: Duration = Duration::from_millis(600);
+const MARGIN: Duration = Duration::from_millis(60);
+/// TTL − margin, with no drift allowance: round numbers on the paused clock.
+const WINDOW: Duration = Duration::from_millis(540);
+const INTERVAL: Duration = Duration::from_millis(200);
+
+fn locker_on(backend: impl Backend) -> Locker {
+    Locker::builder(backend)
+        .ttl(TTL)
+        .safety_margin(MARGIN)
+        .max_clock_drift(0.0)
+        .renew_interval(INTERVAL)
+        .retry(RetryPolicy::default().with_jitter(false))
+        .build()
+        .unwrap()
+}
+
+fn faulty_memory() -> (MemoryBackend, FaultyBackend) {
+    let store = MemoryBackend::new();
+    let faulty = FaultyBackend::new(Arc::new(store.clone()));
+    (store, faulty)
+}
+
+fn key(name: &str) -> LeaseKey {
+    LeaseKey::new(name).unwrap()
+}
+
+/// What a test wrapper changes about MemoryBackend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Twist {
+    /// Renewals are granted (and reported) for this fraction of the TTL asked for.
+    ShortRenewals(f64),
+    /// Grants on keys starting with "short" are made (and reported) for half the TTL asked for.
+    ShortGrantsOnShortKeys,
+    /// Inspect leaves out the TTL (and, if `drop_left` too, the time left).
+    InspectWithoutTtl { drop_left: bool },
+    /// Renewals of keys starting with "sick" fail (transiently) forever.
+    SickRenewals,
+}
+
+/// MemoryBackend with one twist, counting renewal calls and the leases they carry.
+#[derive(Debug)]
+struct Twisted {
+    inner: MemoryBackend,
+    twist: Twist,
+    renew_calls: AtomicU64,
+    renew_items: AtomicU64,
+}
+
+impl Twisted {
+    fn new(inner: MemoryBackend, twist: Twist) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            twist,
+            renew_calls: AtomicU64::new(0),
+            renew_items: AtomicU64::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for Twisted {
+    fn name(&self) -> &'static str {
+        "twisted"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        if self.twist == Twist::ShortGrantsOnShortKeys && request.key.as_str().starts_with("short")
+        {
+            let mut half = request.clone();
+            half.ttl = request.ttl / 2;
+            return self.inner.acquire(&half).await;
+        }
+        self.inner.acquire(request).await
+    }
+    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.renew_many(std::slice::from_ref(request))
+            .await
+            .pop()
+            .unwrap()
+    }
+    async fn renew_many(
+        &self,
+        requests: &[RenewRequest],
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        self.renew_calls.fetch_add(1, Ordering::SeqCst);
+        self.renew_items
+            .fetch_add(requests.len() as u64, Ordering::SeqCst);
+        let mut results = Vec::new();
+        for request in requests {
+            results.push(match self.twist {
+                Twist::ShortRenewals(f) => {
+                    let shorter = RenewRequest::new(
+                        request.key.clone(),
+                        request.holder,
+                        request.ttl.mul_f64(f),
+                    );
+                    self.inner.renew(&shorter).await
+                }
+                Twist::SickRenewals if request.key.as_str().starts_with("sick") => {
+                    Err(BackendError::transient("twisted", "sick"))
+                }
+                _ => self.inner.renew(request).await,
+            });
+        }
+        results
+    }
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release(request).await
+    }
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        let record = self.inner.inspect(key).await?;
+        Ok(match (self.twist, record) {
+            (Twist::InspectWithoutTtl { drop_left }, Some(mut r)) => {
+                r.ttl = None;
+                if drop_left {
+                    r.expires_in = None;
+                }
+                Some(r)
+            }
+            (_, record) => record,
+        })
+    }
+}
+
+/// Forwards to a shared backend (so a test keeps a handle on the twisted one).
+#[derive(Debug)]
+struct Shared<B>(Arc<B>);
+
+#[async_trait]
+impl<B: Backend> Backend for Shared<B> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.0.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.0.renew(r).await
+    }
+    async fn renew_many(&self, r: &[RenewRequest]) -> Vec<Result<RenewOutcome, BackendError>> {
+        self.0.renew_many(r).await
+    }
+    async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.0.release(r).await
+    }
+    async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.0.inspect(k).await
+    }
+}
+
+// --- The deadline counts from the instant the request was sent --------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_counts_from_the_acquire_send_instant() {
+    let (_, faulty) = faulty_memory();
+    faulty.delay_responses(Op::Acquire, Duration::from_millis(100));
+    let locker = locker_on(faulty);
+    let sent = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    assert_eq!(Instant::now() - sent, Duration::from_millis(100));
+    assert_eq!(
+        lease.deadline(),
+        sent + WINDOW,
+        "the deadline must count from the send instant, not from the (late) answer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_counts_from_the_renewal_send_instant() {
+    let (_, faulty) = faulty_memory();
+    faulty.delay_responses(Op::Renew, Duration::from_millis(100));
+    let locker = locker_on(faulty);
+    let acquired = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    // The first renewal is sent at +200 ms and answered at +300 ms.
+    sleep(Duration::from_millis(350)).await;
+    assert_eq!(lease.deadline(), acquired + INTERVAL + WINDOW);
+}
+
+// --- A late answer never revives a lease -----------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_answered_at_the_deadline_does_not_revive_the_lease() {
+    let (_, faulty) = faulty_memory();
+    let locker = locker_on(faulty.clone());
+    let acquired = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    // The renewal sent at +200 ms is answered "renewed" exactly at the deadline (+540 ms).
+    faulty.delay_responses(Op::Renew, WINDOW - INTERVAL);
+    let lost = lease.lost();
+    let reason = tokio::time::timeout(TTL, lost).await.expect("lost() fired");
+    assert_eq!(reason, LostReason::DeadlineExpired);
+    assert_eq!(Instant::now(), acquired + WINDOW);
+    sleep(Duration::from_millis(1)).await;
+    assert!(
+        !lease.is_held(),
+        "a renewal confirmed at the deadline revived the lease"
+    );
+    assert_eq!(locker.held_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_read_back_after_its_deadline_is_given_back() {
+    let (store, faulty) = faulty_memory();
+    // The acquire lands but its answer is lost; the read-back answers exactly at the deadline.
+    faulty.lose_next_response(Op::Acquire, 1);
+    faulty.delay_responses(Op::Inspect, WINDOW);
+    let locker = locker_on(faulty.clone());
+    match locker.try_acquire("k").await {
+        Err(Error::Backend(e)) => assert!(e.is_transient(), "{e}"),
+        other => panic!("a grant confirmed after its deadline was handed out: {other:?}"),
+    }
+    let record = store.inspect(&key("k")).await.unwrap().unwrap();
+    assert!(
+        !record.is_held(),
+        "the late grant was not given back: {record:?}"
+    );
+    assert_eq!(faulty.calls(Op::Release), 1);
+}
+
+// --- The deadline follows what the store granted -------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_renewal_shortens_the_deadline() {
+    let backend = Twisted::new(MemoryBackend::new(), Twist::ShortRenewals(0.5));
+    let locker = locker_on(Shared(Arc::clone(&backend)));
+    let acquired = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    assert_eq!(lease.deadline(), acquired + WINDOW);
+    sleep(INTERVAL + Duration::from_millis(1)).await;
+    // Renewed at +200 ms for 300 ms: the store now expires the grant at +500 ms.
+    assert_eq!(
+        lease.deadline(),
+        acquired + INTERVAL + Duration::from_millis(300) - MARGIN,
+        "the deadline did not follow a renewal granted for less than before"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_read_back_counts_the_ttl_the_store_kept() {
+    // The store grants 300 ms of the 600 asked for; the answer is lost; the read-back record has
+    // no TTL but says how long is left.
+    let store = MemoryBackend::new();
+    let twisted = Twisted::new(store.clone(), Twist::ShortGrantsOnShortKeys);
+    let no_ttl = Twisted::new(store, Twist::InspectWithoutTtl { drop_left: false });
+    #[derive(Debug)]
+    struct Both(Arc<Twisted>, Arc<Twisted>);
+    #[async_trait]
+    impl Backend for Both {
+        fn name(&self) -> &'static str {
+            "both"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+            self.0.acquire(r).await?;
+            Err(BackendError::transient("both", "answer lost"))
+        }
+        async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+            self.0.renew(r).await
+        }
+        async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+            self.0.release(r).await
+        }
+        async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+            self.1.inspect(k).await
+        }
+    }
+    let locker = locker_on(Both(twisted, no_ttl));
+    let sent = Instant::now();
+    let lease = locker.try_acquire("short-k").await.unwrap().unwrap();
+    assert_eq!(
+        lease.deadline(),
+        sent + Duration::from_millis(300) - MARGIN,
+        "a grant found by reading back assumed a longer TTL than the store kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_read_back_without_any_timing_is_given_back() {
+    let store = MemoryBackend::new();
+    let faulty = FaultyBackend::new(Twisted::new(
+        store.clone(),
+        Twist::InspectWithoutTtl { drop_left: true },
+    ));
+    faulty.lose_next_response(Op::Acquire, 1);
+    let locker = locker_on(faulty);
+    assert!(locker.try_acquire("k").await.is_err());
+    let record = store.inspect(&key("k")).await.unwrap().unwrap();
+    assert!(!record.is_held(), "an untimed grant was kept: {record:?}");
+}
+
+// --- Read-back gets time, and counts from the right attempt --------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_acquire_leaves_time_to_read_the_grant_back() {
+    let (_, faulty) = faulty_memory();
+    // The grant lands, but its answer would take ten seconds.
+    faulty.delay_responses(Op::Acquire, Duration::from_secs(10));
+    let locker = locker_on(faulty.clone());
+    let sent = Instant::now();
+    let lease = locker
+        .try_acquire("k")
+        .await
+        .expect("the read-back had no time left to find the grant")
+        .unwrap();
+    assert!(lease.is_held());
+    assert_eq!(lease.deadline(), sent + WINDOW);
+    assert!(Instant::now() - sent <= WINDOW / 2 + Duration::from_millis(1));
+    assert_eq!(faulty.calls(Op::Inspect), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_found_after_a_long_wait_is_kept() {
+    let store = MemoryBackend::new();
+    let holder = locker_on(store.clone());
+    let waiter_backend = FaultyBackend::new(Arc::new(store.clone()));
+    let waiter = locker_on(waiter_backend.clone());
+    let first = holder.try_acquire("k").await.unwrap().unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire("k").await });
+    // Wait far longer than a holder window, then free the key; the waiter's next attempt lands
+    // but its answer is lost, and the read-back finds it.
+    sleep(WINDOW * 4).await;
+    waiter_backend.lose_next_response(Op::Acquire, 1);
+    first.release().await.unwrap();
+    let lease = waiting.await.unwrap().unwrap();
+    assert!(lease.is_held());
+    assert_eq!(
+        lease.fencing_token().get(),
+        2,
+        "the grant was given back and taken again (a token burnt)"
+    );
+    assert_eq!(waiter_backend.calls(Op::Release), 0);
+}
+
+// --- Lost signals fire on time ------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn lost_fires_on_time_for_a_lease_added_while_a_batch_is_in_flight() {
+    let store = MemoryBackend::new();
+    let twisted = Twisted::new(store, Twist::ShortGrantsOnShortKeys);
+    let faulty = FaultyBackend::new(twisted);
+    let locker = locker_on(faulty.clone());
+    let start = Instant::now();
+    let long = locker.try_acquire("long").await.unwrap().unwrap();
+    sleep(INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(long.deadline(), start + INTERVAL + WINDOW);
+    // The next batch (sent at +400 ms) hangs until +740 ms; meanwhile a short grant (300 ms,
+    // deadline +645 ms) is added.
+    faulty.delay_responses(Op::Renew, Duration::from_secs(5));
+    tokio::time::sleep_until(start + Duration::from_millis(405)).await;
+    let added = Instant::now();
+    let short = locker.try_acquire("short").await.unwrap().unwrap();
+    assert_eq!(
+        short.deadline(),
+        added + Duration::from_millis(300) - MARGIN
+    );
+    let deadline = short.deadline();
+    short.lost().await;
+    assert_eq!(
+        Instant::now(),
+        deadline,
+        "lost() fired after the deadline of a lease added mid-batch"
+    );
+    assert!(short.cancellation_token().is_cancelled());
+}
+
+// --- Renewal batches ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn one_failing_lease_does_not_make_the_batch_resend() {
+    let backend = Twisted::new(MemoryBackend::new(), Twist::SickRenewals);
+    let locker = locker_on(Shared(Arc::clone(&backend)));
+    let mut leases = Vec::new();
+    for i in 0..99 {
+        leases.push(
+            locker
+                .try_acquire(format!("ok-{i}"))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let sick = locker.try_acquire("sick").await.unwrap().unwrap();
+    sleep(Duration::from_millis(1000)).await;
+    assert!(!sick.is_held());
+    assert!(leases.iter().all(|l| l.is_held()));
+    let calls = backend.renew_calls.load(Ordering::SeqCst);
+    let items = backend.renew_items.load(Ordering::SeqCst);
+    // Five regular batches of (up to) 100 in a second, plus the sick lease's own retries.
+    assert!(
+        items <= 5 * 100 + 20,
+        "{items} renewals in {calls} calls: the failing lease made the batch resend"
+    );
+}
+
+// --- Waiting ---------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_release_just_before_waiting_is_not_missed() {
+    let store = MemoryBackend::new();
+    let k = key("k");
+    let holder = lease_core::HolderToken::generate();
+    let request = AcquireRequest::new(
+        k.clone(),
+        holder,
+        TTL,
+        lease_core::HolderMetadata::from_stored_lossy("raw"),
+    );
+    store.acquire(&request).await.unwrap();
+    store
+        .release(&ReleaseRequest::new(k.clone(), holder))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    store
+        .wait_for_change(&k, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        Instant::now() - started < Duration::from_secs(1),
+        "wait_for_change slept through a release that had already happened"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_while_the_store_fails_carries_the_last_error() {
+    let (_, faulty) = faulty_memory();
+    faulty.fail_next(Op::Acquire, 1_000);
+    let locker = locker_on(faulty);
+    match locker.acquire_timeout("k", Duration::from_secs(2)).await {
+        Err(Error::Timeout {
+            last_error: Some(e),
+            ..
+        }) => assert!(e.is_transient()),
+        other => panic!("expected a Timeout naming the last error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_renewal_ends_the_lease() {
+    let (_, faulty) = faulty_memory();
+    let locker = locker_on(faulty.clone());
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    faulty.panic_next(Op::Renew, 1);
+    let reason = tokio::time::timeout(TTL, lease.lost()).await.unwrap();
+    assert_eq!(reason, LostReason::FatalBackendError);
+    assert_eq!(locker.held_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_grant_on_acquire_sets_a_shorter_deadline() {
+    let backend = Twisted::new(MemoryBackend::new(), Twist::ShortGrantsOnShortKeys);
+    let locker = locker_on(Shared(backend));
+    let sent = Instant::now();
+    let lease = locker.try_acquire("short-x").await.unwrap().unwrap();
+    assert_eq!(lease.deadline(), sent + Duration::from_millis(300) - MARGIN);
+}
