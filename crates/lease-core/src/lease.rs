@@ -105,6 +105,18 @@ impl LeaseState {
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
+///
+/// A lease that is not bound is released at once, so the compiler warns about it:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # use lease_core::{Locker, MemoryBackend};
+/// # async fn f(locker: Locker) -> Result<(), lease_core::Error> {
+/// locker.acquire("migrations").await?; // warning: unused `Lease` that must be used
+/// # Ok(()) }
+/// ```
+///
+/// (`try_acquire` returns `Option<Lease>`, which the lint does not look into: bind that too.)
 #[must_use = "dropping a Lease releases it at once; bind it (`let lease = ...`) for as long as the work runs"]
 pub struct Lease {
     state: Arc<LeaseState>,
