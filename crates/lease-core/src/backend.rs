@@ -167,6 +167,9 @@ pub struct Capabilities {
     /// How long after a stopped holder's TTL another contender can at most have to wait, beyond the
     /// TTL itself, because of the store's time granularity (the conformance kit allows this much).
     pub takeover_tolerance: Duration,
+    /// For [`ClockModel::ObservedExpiry`]: the rule contenders follow before taking over (the
+    /// conformance kit checks that no takeover comes earlier). `None` for other clock models.
+    pub observation: Option<crate::observed::ObservationRule>,
 }
 
 impl Capabilities {
@@ -180,6 +183,7 @@ impl Capabilities {
             batch_renew: false,
             can_break: false,
             takeover_tolerance: Duration::from_millis(500),
+            observation: None,
         }
     }
 
@@ -204,6 +208,13 @@ impl Capabilities {
     /// Sets [`Capabilities::takeover_tolerance`].
     pub fn with_takeover_tolerance(mut self, tolerance: Duration) -> Self {
         self.takeover_tolerance = tolerance;
+        self
+    }
+
+    /// Declares the [`ObservationRule`](crate::observed::ObservationRule) of an
+    /// [`ClockModel::ObservedExpiry`] backend.
+    pub fn with_observation(mut self, rule: crate::observed::ObservationRule) -> Self {
+        self.observation = Some(rule);
         self
     }
 

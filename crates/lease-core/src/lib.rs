@@ -46,6 +46,7 @@ mod key;
 mod lease;
 mod locker;
 mod memory;
+pub mod observed;
 mod options;
 mod renewer;
 mod token;

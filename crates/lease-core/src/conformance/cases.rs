@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::{Instant, sleep};
 
+pub(super) use super::observed::*;
 use super::{CaseResult, Harness, Op};
 use crate::backend::{
     AcquireOutcome, AcquireRequest, LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest,

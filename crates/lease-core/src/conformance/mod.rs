@@ -26,6 +26,7 @@
 
 mod cases;
 mod faulty;
+mod observed;
 
 use std::fmt;
 use std::future::Future;
@@ -227,6 +228,8 @@ cases! {
     renew_after_release_is_not_held: "renew and release after a release answer NotHeld and leave the key free",
     slow_responses_never_stretch_the_deadline: "answers delayed after the store applied the call never push the holder deadline past send + window, and the next grant comes after it",
     panicking_backend_call_ends_the_lease: "a backend call that panics during renewal ends the lease as lost (signalled), and renewal goes on for other leases",
+    observed_takeover_waits_for_the_rule: "an ObservedExpiry backend never takes over before its declared rule's wait has passed since the holder's grant was answered",
+    observed_renewal_restarts_the_observation: "an ObservedExpiry backend restarts the observation when the holder renews: no takeover before the rule's wait after the renewal",
     invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
 }
 
