@@ -193,8 +193,10 @@ mod tests {
         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
     fn lease_request() -> (Url, Vec<(String, String)>) {
-        let url = Url::parse("http://127.0.0.1:10000/devstoreaccount1/leases/jobs%2Fnightly?comp=lease&timeout=30")
-            .unwrap();
+        let url = Url::parse(
+            "http://127.0.0.1:10000/devstoreaccount1/leases/jobs%2Fnightly?comp=lease&timeout=30",
+        )
+        .unwrap();
         let headers = vec![
             ("x-ms-version".into(), "2026-04-06".into()),
             ("x-ms-lease-action".into(), "acquire".into()),
@@ -257,14 +259,23 @@ x-ms-version:2026-04-06\n\
         let mut request = Request::new(url, Method::Put);
         let first = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         policy.sign(&mut request, first).unwrap();
-        let auth1 = request.headers().get_optional_string(&"authorization".into()).unwrap();
+        let auth1 = request
+            .headers()
+            .get_optional_string(&"authorization".into())
+            .unwrap();
         assert!(auth1.starts_with("SharedKey devstoreaccount1:"), "{auth1}");
         // A retry is signed again with its own date, and the signature changes with it.
         policy
             .sign(&mut request, first + azure_core::time::Duration::seconds(5))
             .unwrap();
-        let auth2 = request.headers().get_optional_string(&"authorization".into()).unwrap();
-        let date = request.headers().get_optional_string(&"x-ms-date".into()).unwrap();
+        let auth2 = request
+            .headers()
+            .get_optional_string(&"authorization".into())
+            .unwrap();
+        let date = request
+            .headers()
+            .get_optional_string(&"x-ms-date".into())
+            .unwrap();
         assert_eq!(date, "Tue, 14 Nov 2023 22:13:25 GMT");
         assert_ne!(auth1, auth2);
     }

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use azure_core::http::{Etag, RequestContent};
+use azure_storage_blob::models::BlobClientSetMetadataOptions;
 use azure_storage_blob::models::{
     BlobClientAcquireLeaseOptions, BlobClientBreakLeaseOptions, BlobClientGetPropertiesOptions,
     BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
     BlockBlobClientUploadOptions, LeaseState, ListBlobsIncludeItem,
 };
-use azure_storage_blob::models::BlobClientSetMetadataOptions;
 use azure_storage_blob::{BlobClient, BlobContainerClient};
 use futures_util::TryStreamExt as _;
 use lease_core::{
@@ -128,6 +128,18 @@ impl AzureBlobBackend {
         }
     }
 
+    /// Creates `key`'s lease blob (empty) unless a blob of that name exists, creating the
+    /// container when missing. An existing blob, with whatever content, is never overwritten
+    /// (`If-None-Match: *`). Acquire does this by itself on first use.
+    ///
+    /// # Errors
+    /// A fatal [`BackendError`] for authentication or permission failures, transient otherwise.
+    pub async fn ensure_blob(&self, key: &LeaseKey) -> Result<(), BackendError> {
+        self.create_blob(&self.blob(key))
+            .await
+            .map_err(Failure::into_backend_error)
+    }
+
     fn blob(&self, key: &LeaseKey) -> BlobClient {
         self.container.blob_client(&self.blob_name(key))
     }
@@ -201,7 +213,10 @@ impl AzureBlobBackend {
         let bad = |what: &str, e: azure_core::Error| {
             Failure::new(
                 Meaning::Transient,
-                format!("get properties: unreadable {what} header: {}", crate::error::redact(&e.to_string())),
+                format!(
+                    "get properties: unreadable {what} header: {}",
+                    crate::error::redact(&e.to_string())
+                ),
             )
         };
         Ok(Some(Properties {
@@ -253,7 +268,10 @@ impl AzureBlobBackend {
     async fn give_back(&self, blob: &BlobClient, holder: &HolderToken, id: &str) {
         self.forget(holder);
         if let Err(e) = self.release_lease(blob, id).await {
-            tracing::debug!(error = e.message(), "releasing an unfenced lease failed; it will expire");
+            tracing::debug!(
+                error = e.message(),
+                "releasing an unfenced lease failed; it will expire"
+            );
         }
     }
 
@@ -309,7 +327,10 @@ impl AzureBlobBackend {
         };
         let Some(etag) = props.etag else {
             self.give_back(blob, &holder, id).await;
-            return Err(BackendError::transient(NAME, "get properties returned no ETag"));
+            return Err(BackendError::transient(
+                NAME,
+                "get properties returned no ETag",
+            ));
         };
         let record = FenceRecord {
             fencing: FencingToken::new(next),
@@ -362,8 +383,9 @@ impl AzureBlobBackend {
             Some(stored) => {
                 LeaseRecord::free(key.clone(), stored.fencing).with_state(RecordState::Held)
             }
-            None => LeaseRecord::free(key.clone(), FencingToken::new(0))
-                .with_state(RecordState::Held),
+            None => {
+                LeaseRecord::free(key.clone(), FencingToken::new(0)).with_state(RecordState::Held)
+            }
         };
         Some(record)
     }
@@ -573,7 +595,10 @@ impl Backend for AzureBlobBackend {
             let body = page.into_model().map_err(|e| {
                 BackendError::transient(
                     NAME,
-                    format!("list blobs: unreadable answer: {}", crate::error::redact(&e.to_string())),
+                    format!(
+                        "list blobs: unreadable answer: {}",
+                        crate::error::redact(&e.to_string())
+                    ),
                 )
             })?;
             for item in body.blob_items {

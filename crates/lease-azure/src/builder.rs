@@ -181,7 +181,11 @@ impl AzureBlobBuilder {
     pub fn with_connection_string(mut self, connection_string: &str) -> Result<Self, InvalidInput> {
         let bad = |reason: String| InvalidInput::new("connection string", reason);
         let mut parts: HashMap<String, String> = HashMap::new();
-        for part in connection_string.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in connection_string
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let Some((name, value)) = part.split_once('=') else {
                 return Err(bad("every part must be Name=Value".into()));
             };
@@ -307,10 +311,13 @@ impl AzureBlobBuilder {
         let endpoint = self
             .endpoint
             .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
-        let mut url = Url::parse(&endpoint)
-            .map_err(|_| InvalidInput::new("endpoint", "is not a URL"))?;
+        let mut url =
+            Url::parse(&endpoint).map_err(|_| InvalidInput::new("endpoint", "is not a URL"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-            return Err(InvalidInput::new("endpoint", "must be an http:// or https:// URL"));
+            return Err(InvalidInput::new(
+                "endpoint",
+                "must be an http:// or https:// URL",
+            ));
         }
         if url.query().is_some() {
             return Err(InvalidInput::new(
@@ -341,7 +348,8 @@ impl AzureBlobBuilder {
             }
             (AuthKind::TokenCredential, Some(credential))
         } else if let Some(key) = self.key {
-            let key = AccountKey::new(&key).map_err(|reason| InvalidInput::new("account key", reason))?;
+            let key =
+                AccountKey::new(&key).map_err(|reason| InvalidInput::new("account key", reason))?;
             client_options
                 .per_try_policies
                 .push(SharedKeyPolicy::new(account.clone(), key).into_policy());
@@ -563,17 +571,90 @@ mod tests {
     fn bad_settings_are_typed_errors() {
         let key = AZURITE_ACCOUNT_KEY;
         let cases: Vec<(Result<AzureBlobBackend, InvalidInput>, &str)> = vec![
-            (AzureBlobBuilder::new().with_url("s3://a/b").map(|_| unreachable!()), "azure url"),
-            (AzureBlobBuilder::new().with_url("azblob://acct").map(|_| unreachable!()), "azure url"),
-            (AzureBlobBuilder::new().with_container("locks").with_access_key(key).build(), "account name"),
-            (AzureBlobBuilder::new().with_account("Bad_Name").with_container("locks").with_access_key(key).build(), "account name"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("UPPER").with_access_key(key).build(), "container name"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("a--b").with_access_key(key).build(), "container name"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("locks").build(), "credentials"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("locks").with_access_key("%%%").build(), "account key"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("locks").with_sas_token("sv=1").build(), "sas token"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("locks").with_access_key(key).with_prefix("a b").build(), "prefix"),
-            (AzureBlobBuilder::new().with_account("acct").with_container("locks").with_access_key(key).with_endpoint("ftp://x").build(), "endpoint"),
+            (
+                AzureBlobBuilder::new()
+                    .with_url("s3://a/b")
+                    .map(|_| unreachable!()),
+                "azure url",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_url("azblob://acct")
+                    .map(|_| unreachable!()),
+                "azure url",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_container("locks")
+                    .with_access_key(key)
+                    .build(),
+                "account name",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("Bad_Name")
+                    .with_container("locks")
+                    .with_access_key(key)
+                    .build(),
+                "account name",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("UPPER")
+                    .with_access_key(key)
+                    .build(),
+                "container name",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("a--b")
+                    .with_access_key(key)
+                    .build(),
+                "container name",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("locks")
+                    .build(),
+                "credentials",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("locks")
+                    .with_access_key("%%%")
+                    .build(),
+                "account key",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("locks")
+                    .with_sas_token("sv=1")
+                    .build(),
+                "sas token",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("locks")
+                    .with_access_key(key)
+                    .with_prefix("a b")
+                    .build(),
+                "prefix",
+            ),
+            (
+                AzureBlobBuilder::new()
+                    .with_account("acct")
+                    .with_container("locks")
+                    .with_access_key(key)
+                    .with_endpoint("ftp://x")
+                    .build(),
+                "endpoint",
+            ),
         ];
         for (result, field) in cases {
             let err = result.unwrap_err();
@@ -637,10 +718,16 @@ mod tests {
             .with_sas_token("sv=1&sig=SECRETSIG")
             .with_container("locks");
         let shown = format!("{builder:?}");
-        assert!(!shown.contains("Eby8") && !shown.contains("SECRETSIG"), "{shown}");
+        assert!(
+            !shown.contains("Eby8") && !shown.contains("SECRETSIG"),
+            "{shown}"
+        );
         let backend = builder.build().unwrap();
         let shown = format!("{backend:?}");
-        assert!(!shown.contains("Eby8") && !shown.contains("SECRETSIG"), "{shown}");
+        assert!(
+            !shown.contains("Eby8") && !shown.contains("SECRETSIG"),
+            "{shown}"
+        );
     }
 
     #[test]

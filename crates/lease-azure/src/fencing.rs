@@ -58,15 +58,16 @@ fn lookup<'a>(metadata: &'a HashMap<String, String>, name: &str) -> Option<&'a s
 /// `Ok(None)` when the blob was never fenced (none of our entries present: a fresh or foreign
 /// blob, whose counter is 0). Entries that are present but malformed, or a format this version
 /// does not know, are an error: the counter must never silently restart.
-pub(crate) fn decode(metadata: &HashMap<String, String>) -> Result<Option<FenceRecord>, DecodeError> {
+pub(crate) fn decode(
+    metadata: &HashMap<String, String>,
+) -> Result<Option<FenceRecord>, DecodeError> {
     let ours = [FORMAT, FENCING, HOLDER, TTL, OWNER];
     if ours.iter().all(|name| lookup(metadata, name).is_none()) {
         return Ok(None);
     }
     let bad = |name: &'static str, problem: String| DecodeError { name, problem };
-    let required = |name: &'static str| {
-        lookup(metadata, name).ok_or_else(|| bad(name, "is missing".into()))
-    };
+    let required =
+        |name: &'static str| lookup(metadata, name).ok_or_else(|| bad(name, "is missing".into()));
     let format = required(FORMAT)?;
     if format != FORMAT_VERSION {
         return Err(bad(
@@ -82,8 +83,8 @@ pub(crate) fn decode(metadata: &HashMap<String, String>) -> Result<Option<FenceR
         .parse()
         .map_err(|_| bad(HOLDER, format!("is {holder:?}, not a holder token")))?;
     let ttl = required(TTL)?;
-    let ttl = parse_decimal(ttl)
-        .ok_or_else(|| bad(TTL, format!("is {ttl:?}, not whole seconds")))?;
+    let ttl =
+        parse_decimal(ttl).ok_or_else(|| bad(TTL, format!("is {ttl:?}, not whole seconds")))?;
     let owner = lookup(metadata, OWNER).unwrap_or("");
     Ok(Some(FenceRecord {
         fencing: FencingToken::new(fencing),
@@ -220,7 +221,12 @@ mod tests {
         }
         let mut missing = good.clone();
         missing.remove(FENCING);
-        assert!(decode(&missing).unwrap_err().to_string().contains("missing"));
+        assert!(
+            decode(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
     }
 
     #[test]
@@ -229,7 +235,10 @@ mod tests {
         existing.insert("Department".to_owned(), "finance".to_owned());
         existing.insert("LEASEFENCING".to_owned(), "3".to_owned());
         let written = encode(&existing, &record(4, [2; 16], 15, "a b"));
-        assert_eq!(written.get("Department").map(String::as_str), Some("finance"));
+        assert_eq!(
+            written.get("Department").map(String::as_str),
+            Some("finance")
+        );
         assert_eq!(written.get(FENCING).map(String::as_str), Some("4"));
         assert!(!written.contains_key("LEASEFENCING"));
         assert_eq!(written.get(OWNER).map(String::as_str), Some("a%20b"));
@@ -237,7 +246,10 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_uppercase(), v))
             .collect();
-        assert_eq!(decode(&upper).unwrap().unwrap().fencing, FencingToken::new(4));
+        assert_eq!(
+            decode(&upper).unwrap().unwrap().fencing,
+            FencingToken::new(4)
+        );
     }
 
     proptest! {
