@@ -3,11 +3,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
 use lease_core::{ErrorKind, LeaseRecord, Locker, RecordState};
 use serde_json::{Value, json};
 
 use crate::exit::{self, CliError};
+use crate::output;
+use crate::store::{self, StoreUrl};
 use crate::waiting::describe;
 
 /// The record as JSON (stable field names; documented in docs/cli.md).
@@ -26,12 +27,7 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
             "expires_in_ms": null,
         });
     };
-    let state = match r.state {
-        RecordState::Held => "held",
-        RecordState::Free => "free",
-        RecordState::Expired => "expired",
-        _ => "unknown",
-    };
+    let state = state_name(r.state);
     let held = r.is_held();
     json!({
         "name": name,
@@ -47,74 +43,139 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
     })
 }
 
+fn state_name(state: RecordState) -> &'static str {
+    match state {
+        RecordState::Held => "held",
+        RecordState::Free => "free",
+        RecordState::Expired => "expired",
+        _ => "unknown",
+    }
+}
+
 /// `lease status NAME [--json]`.
 pub(crate) async fn status(
     locker: &Locker,
     name: &str,
-    store: &str,
+    url: &StoreUrl,
     json: bool,
 ) -> Result<u8, CliError> {
     let record = locker
         .inspect(name)
         .await
-        .map_err(|e| CliError::from_lease(&e))?;
+        .map_err(|e| store::read_error(url, &e))?;
     if json {
-        println!("{}", record_json(name, store, record.as_ref()));
+        output::line(record_json(name, &url.redacted(), record.as_ref()))?;
     } else {
-        match &record {
-            Some(r) => println!("{name}: {}", describe(r, SystemTime::now())),
-            None => println!("{name}: never acquired on this store"),
+        output::line(format!("{name}: {}", sentence(record.as_ref())))?;
+    }
+    Ok(exit::OK)
+}
+
+/// The text form of a record, as `status` and `watch` print it.
+fn sentence(record: Option<&LeaseRecord>) -> String {
+    match record {
+        Some(r) => describe(r, SystemTime::now()),
+        None => "never acquired on this store".to_owned(),
+    }
+}
+
+/// `lease list [PREFIX] [--json]`: every lease whose name starts with the prefix, sorted by name.
+pub(crate) async fn list(
+    locker: &Locker,
+    prefix: &str,
+    url: &StoreUrl,
+    json: bool,
+) -> Result<u8, CliError> {
+    let records = locker.list(prefix).await.map_err(|e| match e.kind() {
+        ErrorKind::Unsupported => CliError::new(
+            exit::CONFIG,
+            format!(
+                "the {} store cannot list leases (lease status NAME reads one lease)",
+                locker.backend().name()
+            ),
+        ),
+        ErrorKind::InvalidInput => CliError::usage(format!("prefix {prefix:?}: {e}")),
+        _ => store::read_error(url, &e),
+    })?;
+    let shown = url.redacted();
+    for record in &records {
+        let name = record.key.as_str();
+        if json {
+            output::line(record_json(name, &shown, Some(record)))?;
+        } else {
+            output::line(format!("{name}: {}", sentence(Some(record))))?;
         }
     }
     Ok(exit::OK)
 }
 
-/// `lease watch NAME`: a line per holder change, until interrupted or `count` lines were printed.
+/// What makes two observations of a lease the same for `watch`: the grant and its state.
+fn identity(record: Option<&LeaseRecord>) -> Option<(bool, Option<String>, u64, &'static str)> {
+    record.map(|r| {
+        let held = r.is_held();
+        (
+            held,
+            r.holder.filter(|_| held).map(|t| t.to_string()),
+            r.fencing.get(),
+            state_name(r.state),
+        )
+    })
+}
+
+/// `lease watch NAME`: a line each time the lease changes hands or state (the first line is the
+/// current state), until interrupted or `count` lines were printed. Same JSON as `status`.
 pub(crate) async fn watch(
     locker: &Locker,
     name: &str,
     interval: Duration,
     count: Option<u64>,
     json: bool,
-    store: &str,
+    url: &StoreUrl,
 ) -> Result<u8, CliError> {
-    let election = locker
-        .election(name)
-        .map_err(|e| CliError::usage(e.to_string()))?;
-    let changes = election.observe(interval);
-    futures_util::pin_mut!(changes);
+    let key = lease_core::LeaseKey::new(name).map_err(|e| CliError::usage(e.to_string()))?;
+    let backend = std::sync::Arc::clone(locker.backend());
+    let shown = url.redacted();
+    let mut last = None;
     let mut printed = 0u64;
     let mut failures = 0u32;
-    while let Some(item) = changes.next().await {
-        match item {
-            Ok(leader) => {
+    let mut first = true;
+    loop {
+        if !first && backend.wait_for_change(&key, interval).await.is_err() {
+            tokio::time::sleep(interval).await;
+        }
+        first = false;
+        match locker.inspect(name).await {
+            Ok(record) => {
                 failures = 0;
+                let now_identity = identity(record.as_ref());
+                if last.as_ref() == Some(&now_identity) {
+                    continue;
+                }
+                last = Some(now_identity);
                 let now = SystemTime::now();
                 if json {
-                    let mut value = record_json(name, store, leader.as_ref());
+                    let mut value = record_json(name, &shown, record.as_ref());
                     value["observed_at"] = json!(humantime::format_rfc3339_millis(now).to_string());
-                    println!("{value}");
+                    output::line(value)?;
                 } else {
-                    let what = match &leader {
-                        Some(r) => describe(r, now),
-                        None => "no holder".to_owned(),
-                    };
-                    println!("{} {name}: {what}", humantime::format_rfc3339_seconds(now));
+                    output::line(format!(
+                        "{} {name}: {}",
+                        humantime::format_rfc3339_seconds(now),
+                        sentence(record.as_ref())
+                    ))?;
                 }
-                let _ = std::io::stdout().flush();
                 printed += 1;
                 if count.is_some_and(|c| printed >= c) {
-                    break;
+                    return Ok(exit::OK);
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::Transient) && failures < 30 => {
                 failures += 1;
-                eprintln!("lease: warning: {}", exit::one_line_chain(&e));
+                say!("lease: warning: {}", url.scrub(&exit::one_line_chain(&e)));
             }
-            Err(e) => return Err(CliError::from_lease(&e)),
+            Err(e) => return Err(store::read_error(url, &e)),
         }
     }
-    Ok(exit::OK)
 }
 
 /// `lease break NAME [--yes]`.
@@ -133,8 +194,12 @@ pub(crate) async fn break_lease(locker: &Locker, name: &str, yes: bool) -> Resul
             Some(r) => describe(r, SystemTime::now()),
             None => "never acquired".to_owned(),
         };
-        eprint!("Break lease {name} ({state})? The holder keeps running until it notices. [y/N] ");
-        let _ = std::io::stderr().flush();
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "Break lease {name} ({state})? The holder keeps running until it notices. [y/N] "
+        );
+        let _ = err.flush();
         let answer = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line).map(|_| line)
@@ -143,7 +208,7 @@ pub(crate) async fn break_lease(locker: &Locker, name: &str, yes: bool) -> Resul
         .map_err(|e| CliError::new(exit::SOFTWARE, e.to_string()))?
         .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot read the answer: {e}")))?;
         if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            eprintln!("lease: not broken");
+            say!("lease: not broken");
             return Ok(exit::DECLINED);
         }
     }
@@ -152,11 +217,11 @@ pub(crate) async fn break_lease(locker: &Locker, name: &str, yes: bool) -> Resul
         .await
         .map_err(|e| CliError::from_lease(&e))?;
     match was.filter(LeaseRecord::is_held) {
-        Some(r) => println!(
+        Some(r) => output::line(format!(
             "broke lease {name}: it was {}",
             describe(&r, SystemTime::now())
-        ),
-        None => println!("lease {name} was not held; nothing to break"),
+        ))?,
+        None => output::line(format!("lease {name} was not held; nothing to break"))?,
     }
     Ok(exit::OK)
 }
@@ -197,6 +262,59 @@ mod tests {
         let v = record_json("k", "memory://", None);
         assert_eq!(v["state"], "absent");
         assert!(v["fencing_token"].is_null());
+    }
+
+    /// A store that cannot list: the memory backend without its `list`.
+    #[derive(Debug)]
+    struct NoList(MemoryBackend);
+
+    #[async_trait::async_trait]
+    impl lease_core::Backend for NoList {
+        fn name(&self) -> &'static str {
+            "nolist"
+        }
+        fn capabilities(&self) -> lease_core::Capabilities {
+            self.0.capabilities()
+        }
+        async fn acquire(
+            &self,
+            request: &lease_core::AcquireRequest,
+        ) -> Result<lease_core::AcquireOutcome, lease_core::BackendError> {
+            self.0.acquire(request).await
+        }
+        async fn renew(
+            &self,
+            request: &lease_core::RenewRequest,
+        ) -> Result<lease_core::RenewOutcome, lease_core::BackendError> {
+            self.0.renew(request).await
+        }
+        async fn release(
+            &self,
+            request: &lease_core::ReleaseRequest,
+        ) -> Result<lease_core::ReleaseOutcome, lease_core::BackendError> {
+            self.0.release(request).await
+        }
+        async fn inspect(
+            &self,
+            key: &LeaseKey,
+        ) -> Result<Option<LeaseRecord>, lease_core::BackendError> {
+            self.0.inspect(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_without_list_says_so_in_one_line() {
+        let url = StoreUrl::parse("memory://").unwrap();
+        let locker = Locker::new(NoList(MemoryBackend::new()));
+        let e = list(&locker, "", &url, false).await.unwrap_err();
+        assert_eq!(e.code, exit::CONFIG);
+        assert_eq!(
+            e.message,
+            "the nolist store cannot list leases (lease status NAME reads one lease)"
+        );
+        let locker = Locker::new(MemoryBackend::new());
+        let e = list(&locker, "bad prefix", &url, false).await.unwrap_err();
+        assert_eq!(e.code, exit::USAGE);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use lease_core::{Backend, CancellationToken, Fence, FencingToken, HolderMetadata
 use tokio::time::Instant;
 
 use crate::exit::{self, CliError};
+use crate::output;
 
 /// Settings of one demo run.
 pub(crate) struct Demo {
@@ -31,8 +32,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn say(&self, text: &str) {
-        println!("[{:>6.2}s] {text}", self.started.elapsed().as_secs_f64());
+    fn say(&self, text: &str) -> Result<(), CliError> {
+        output::line(format!(
+            "[{:>6.2}s] {text}",
+            self.started.elapsed().as_secs_f64()
+        ))
     }
 }
 
@@ -60,13 +64,13 @@ impl Demo {
             fence: Fence::new(),
             done: CancellationToken::new(),
         });
-        println!(
+        output::line(format!(
             "{} contenders take turns on lease {:?} in {} for {} rounds.",
             self.contenders, self.name, self.store, self.rounds
-        );
-        println!(
-            "Each holder writes to a fenced resource with its fencing token; tokens only go up.\n"
-        );
+        ))?;
+        output::line(
+            "Each holder writes to a fenced resource with its fencing token; tokens only go up.\n",
+        )?;
         let mut tasks = Vec::new();
         for i in 0..self.contenders {
             let metadata =
@@ -82,7 +86,13 @@ impl Demo {
             let name = self.name.clone();
             let hold = self.hold;
             tasks.push(tokio::spawn(async move {
-                contender(i, locker, name, hold, shared).await
+                let done = shared.done.clone();
+                let result = contender(i, locker, name, hold, shared).await;
+                if result.is_err() {
+                    // Stop the others too (a closed stdout, a store failure).
+                    done.cancel();
+                }
+                result
             }));
         }
         let mut failure = None;
@@ -113,16 +123,16 @@ impl Demo {
             // A holder that paused too long comes back with an old token: the fence refuses it.
             let stale = *first;
             let refused = shared.fence.admit(stale).is_err();
-            println!();
-            println!(
+            output::line("")?;
+            output::line(format!(
                 "A late write with the old token {stale} is {} by the fence (newest admitted: {last}).",
                 if refused { "refused" } else { "ACCEPTED (bug)" }
-            );
-            println!(
+            ))?;
+            output::line(format!(
                 "{} turns; fencing tokens {first} → {last}, strictly increasing: {}; overlapping holders: {overlaps}.",
                 tokens.len(),
                 if increasing { "yes" } else { "NO" },
-            );
+            ))?;
             if !refused && tokens.len() > 1 {
                 return Err(CliError::new(
                     exit::SOFTWARE,
@@ -177,17 +187,25 @@ async fn contender(
             Ok(()) => "write accepted",
             Err(_) => "write REFUSED",
         };
-        shared.say(&format!(
+        let said = shared.say(&format!(
             "{me} holds {name}  fencing token {token:>4}  ({write})"
         ));
+        if let Err(e) = said {
+            shared.inside.store(false, Ordering::SeqCst);
+            let _ = lease.release().await;
+            return Err(e);
+        }
         tokio::time::sleep(hold / 2 + jitter(hold, i)).await;
         shared.inside.store(false, Ordering::SeqCst);
-        if lease.is_held() {
-            shared.say(&format!("{me} releases"));
-        }
+        let said = if lease.is_held() {
+            shared.say(&format!("{me} releases"))
+        } else {
+            Ok(())
+        };
         if let Err(e) = lease.release().await {
-            shared.say(&format!("{me} could not release cleanly: {e}"));
+            shared.say(&format!("{me} could not release cleanly: {e}"))?;
         }
+        said?;
         // Give the others a chance before queueing again.
         tokio::time::sleep(jitter(hold / 2, i + 7)).await;
     }

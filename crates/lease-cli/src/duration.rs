@@ -43,6 +43,16 @@ pub(crate) fn short(d: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
+/// `365d` for whole days (humantime would say `11months 30days 3h 50m 24s`), else [`short`].
+pub(crate) fn days_or_short(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        short(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +86,12 @@ mod tests {
             Err("must be greater than zero".into())
         );
         assert_eq!(parse_positive("2s"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn whole_days() {
+        assert_eq!(days_or_short(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(days_or_short(Duration::from_secs(90)), "1m 30s");
     }
 
     #[test]

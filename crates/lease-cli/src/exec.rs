@@ -12,6 +12,7 @@ use tokio::process::Command;
 use crate::exit::{self, CliError};
 use crate::signals::{self, Signals};
 use crate::waiting;
+use crate::watchdog::Watchdog;
 
 /// How `exec` waits for a held lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub(crate) enum WaitMode {
     Forever,
     /// Not at all.
     NoWait,
+    /// `--timeout 0`: one attempt, which takes a free lease; a held one is a timeout.
+    OneAttempt,
     /// At most this long.
     Timeout(Duration),
 }
@@ -29,6 +32,19 @@ pub(crate) enum WaitMode {
 pub(crate) struct ChildSpec {
     pub(crate) command: Vec<OsString>,
     pub(crate) kill_after: Duration,
+    /// What the command gets as `LEASE_STORE`.
+    pub(crate) store_env: ChildStoreEnv,
+}
+
+/// What becomes of `LEASE_STORE` in the command's environment: it may hold a password.
+#[derive(Clone, Debug)]
+pub(crate) enum ChildStoreEnv {
+    /// Passed on as it is (it holds no secret, or is not set).
+    Keep,
+    /// Replaced by this URL (the same store without its secrets).
+    Set(String),
+    /// Removed.
+    Remove,
 }
 
 /// How a supervised command ended.
@@ -57,7 +73,7 @@ impl Runner {
 
     fn note(&self, message: &str) {
         if self.verbose > 0 {
-            eprintln!("lease: {message}");
+            say!("lease: {message}");
         }
     }
 
@@ -69,6 +85,21 @@ impl Runner {
             WaitMode::NoWait => match self.locker.try_acquire(&self.name).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => return Err(self.held_error().await),
+                Err(e) => return Err(CliError::from_lease(&e)),
+            },
+            WaitMode::OneAttempt => match self.locker.try_acquire(&self.name).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    let detail = self.holder_detail().await.map(|d| format!("; {d}"));
+                    return Err(CliError::new(
+                        exit::TIMEOUT,
+                        format!(
+                            "gave up waiting for lease {} after 0s (one attempt){}",
+                            self.name,
+                            detail.unwrap_or_default()
+                        ),
+                    ));
+                }
                 Err(e) => return Err(CliError::from_lease(&e)),
             },
             WaitMode::Forever | WaitMode::Timeout(_) => {
@@ -221,17 +252,23 @@ impl Runner {
         }
     }
 
+    /// Who holds the lease, when that can be read.
+    async fn holder_detail(&self) -> Option<String> {
+        match self.locker.inspect(&self.name).await {
+            Ok(Some(record)) if record.is_held() => {
+                Some(waiting::describe(&record, std::time::SystemTime::now()))
+            }
+            _ => None,
+        }
+    }
+
     /// The `--no-wait` error, naming the holder when it can be read.
     async fn held_error(&self) -> CliError {
-        let detail = match self.locker.inspect(&self.name).await {
-            Ok(Some(record)) if record.is_held() => {
-                format!(
-                    ": {}",
-                    waiting::describe(&record, std::time::SystemTime::now())
-                )
-            }
-            _ => String::new(),
-        };
+        let detail = self
+            .holder_detail()
+            .await
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
         CliError::new(
             exit::HELD,
             format!("lease {} is held by someone else{detail}", self.name),
@@ -239,25 +276,45 @@ impl Runner {
     }
 
     /// Runs the command while `lease` is held. On loss: SIGTERM to its process group, then
-    /// SIGKILL after `kill_after`. Signals to `lease` are forwarded to the group.
+    /// SIGKILL after `kill_after`. Signals to `lease` are forwarded to the group. However the
+    /// command ends, whatever is left of its group is killed before this returns (and so before
+    /// the release); if `lease` itself dies, the watchdog kills the group.
     async fn supervise(&self, lease: &Lease, signals: &mut Signals) -> Result<ChildEnd, CliError> {
         let (program, args) = self
             .child
             .command
             .split_first()
             .ok_or_else(|| CliError::usage("no command given"))?;
+        let watchdog = Watchdog::start().await.map_err(|e| {
+            CliError::new(
+                exit::SOFTWARE,
+                format!("cannot start the watchdog that stops the command with lease: {e}"),
+            )
+        })?;
+        let group = watchdog.pgid();
         let mut command = Command::new(program);
         command
             .args(args)
             .env("LEASE_NAME", &self.name)
             .env("LEASE_FENCING_TOKEN", lease.fencing_token().to_string())
             .env("LEASE_HOLDER", self.holder_label(lease))
-            // Its own process group, so the whole command (a shell and its children) can be
-            // signalled at once, and a terminal's Ctrl-C reaches it through us only.
-            .process_group(0);
+            // The watchdog's process group, so the whole command (a shell and its children) can
+            // be signalled at once, dies with `lease`, and a terminal's Ctrl-C reaches it
+            // through us only.
+            .process_group(i32::try_from(group).unwrap_or(0));
+        match &self.child.store_env {
+            ChildStoreEnv::Keep => {}
+            ChildStoreEnv::Set(url) => {
+                command.env("LEASE_STORE", url);
+            }
+            ChildStoreEnv::Remove => {
+                command.env_remove("LEASE_STORE");
+            }
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
+                watchdog.kill_group().await;
                 let code = match e.kind() {
                     std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                     _ => exit::CANNOT_EXECUTE,
@@ -268,7 +325,18 @@ impl Runner {
                 ));
             }
         };
-        let pid = child.id().unwrap_or(0);
+        let end = self.run_child(&mut child, group, lease, signals).await;
+        watchdog.kill_group().await;
+        end
+    }
+
+    async fn run_child(
+        &self,
+        child: &mut tokio::process::Child,
+        group: u32,
+        lease: &Lease,
+        signals: &mut Signals,
+    ) -> Result<ChildEnd, CliError> {
         let lost = lease.lost();
         tokio::pin!(lost);
         let mut interrupted = false;
@@ -285,24 +353,24 @@ impl Runner {
                     return Ok(ChildEnd::Exited { code, interrupted });
                 }
                 reason = &mut lost => {
-                    eprintln!(
+                    say!(
                         "lease: lost lease {} (fencing token {}): {reason}; sending SIGTERM to the command",
                         self.name, lease.fencing_token()
                     );
-                    signals::to_group(pid, Signal::TERM);
+                    signals::to_group(group, Signal::TERM);
                     if tokio::time::timeout(self.child.kill_after, child.wait()).await.is_err() {
-                        eprintln!(
+                        say!(
                             "lease: the command did not exit within {}; sending SIGKILL",
                             crate::duration::short(self.child.kill_after)
                         );
-                        signals::to_group(pid, Signal::KILL);
+                        signals::to_group(group, Signal::KILL);
                         let _ = child.wait().await;
                     }
                     return Ok(ChildEnd::Lost);
                 }
                 sig = signals.recv() => {
                     self.note(&format!("forwarding {} to the command", signals::name(sig)));
-                    signals::to_group(pid, sig);
+                    signals::to_group(group, sig);
                     interrupted = true;
                 }
             }
@@ -334,7 +402,7 @@ impl Runner {
         match (e, end) {
             (_, ChildEnd::Lost) => exit::LOST,
             (Error::Lost { reason, .. }, ChildEnd::Exited { code, .. }) => {
-                eprintln!(
+                say!(
                     "lease: the command exited with status {code}, but lease {} had been lost before it did ({reason})",
                     self.name
                 );
@@ -342,7 +410,7 @@ impl Runner {
             }
             (e, ChildEnd::Exited { code, .. }) => {
                 // The work finished under the lease; the key frees itself when its TTL runs out.
-                eprintln!(
+                say!(
                     "lease: warning: releasing {} failed ({}); it frees itself when its TTL runs out",
                     self.name,
                     crate::exit::one_line_chain(&e)

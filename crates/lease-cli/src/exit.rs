@@ -110,7 +110,27 @@ pub(crate) fn one_line_chain(error: &(dyn std::error::Error + 'static)) -> Strin
         }
         source = s.source();
     }
-    text.replace(['\n', '\r'], " ")
+    strip_locations(&text.replace(['\n', '\r'], " "))
+}
+
+/// Removes the server source locations PostgreSQL errors carry (`… at line 768`): they name a
+/// line in the server's C code, not anything of the user's.
+pub(crate) fn strip_locations(text: &str) -> String {
+    const MARK: &str = " at line ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        let after = &rest[i + MARK.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let ends = after[digits..].is_empty() || after[digits..].starts_with([':', ';', ')', ',']);
+        out.push_str(&rest[..i]);
+        if digits == 0 || !ends {
+            out.push_str(MARK);
+        }
+        rest = &after[if digits > 0 && ends { digits } else { 0 }..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -168,6 +188,22 @@ mod tests {
         assert_eq!(e.message, "mysql backend: connection refused");
         let invalid: Error = InvalidInput::new("key", "must not be empty").into();
         assert_eq!(CliError::from_lease(&invalid).code, USAGE);
+    }
+
+    #[test]
+    fn server_line_numbers_are_stripped() {
+        assert_eq!(
+            strip_locations(
+                "postgres backend: acquire: relation \"leases\" does not exist at line 768"
+            ),
+            "postgres backend: acquire: relation \"leases\" does not exist"
+        );
+        assert_eq!(strip_locations("a at line 12: b at line 3; c"), "a: b; c");
+        assert_eq!(strip_locations("stop at line 4b"), "stop at line 4b");
+        assert_eq!(
+            strip_locations("wait at line please"),
+            "wait at line please"
+        );
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! `lease`: run any command under a distributed lease (a lock that expires) with a fencing token,
 //! on storage a team already runs. See `docs/cli.md`.
 
+/// Writes one line to stderr. A closed stderr is ignored: never a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod demo;
 mod duration;
 mod exec;
 mod exit;
+mod output;
 mod signals;
 mod store;
 mod waiting;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -19,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
 use lease_core::{Backend, HolderMetadata, Locker, LockerBuilder, RetryPolicy};
 
 use crate::exit::CliError;
-use crate::store::StoreUrl;
+use crate::store::{Access, StoreUrl};
 
 /// Run commands under distributed leases (locks that expire), with fencing tokens.
 ///
@@ -66,6 +76,8 @@ enum Command {
     Elect(ElectArgs),
     /// Show who holds a lease, since when, its fencing token and expiry.
     Status(StatusArgs),
+    /// List every lease whose name starts with PREFIX: holder, fencing token, state, expiry.
+    List(ListArgs),
     /// Print a line each time the holder of a lease changes.
     Watch(WatchArgs),
     /// Force-release a lease whoever holds it (admin). The holder finds out at its next renewal.
@@ -78,7 +90,7 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub(crate) struct LockerOptionsArgs {
     /// How long a grant lasts without renewal; renewed every third of it while held.
-    #[arg(long, default_value = "30s", value_parser = duration::parse_positive, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = duration::parse, value_name = "DURATION")]
     ttl: Duration,
     /// Identity stored with the lease and shown to others [default: HOSTNAME pid=PID].
     #[arg(long, value_name = "TEXT")]
@@ -94,7 +106,51 @@ impl LockerOptionsArgs {
             .retry(RetryPolicy::default().with_max_delay(Duration::from_millis(500)))
     }
 
+    /// Refuses a TTL the backend cannot grant, or too short for a round trip, in one line
+    /// naming the smallest (or largest) TTL that works.
+    pub(crate) fn check_ttl(&self, backend: &Arc<dyn Backend>) -> Result<(), CliError> {
+        let caps = backend.capabilities();
+        let given = duration::short(self.ttl);
+        if self.ttl > caps.max_ttl {
+            return Err(CliError::usage(format!(
+                "--ttl {given} is too long: the longest TTL this store grants is {}",
+                duration::days_or_short(caps.max_ttl)
+            )));
+        }
+        let works = |ttl: Duration| {
+            ttl >= caps.min_ttl && self.builder(Arc::clone(backend)).ttl(ttl).build().is_ok()
+        };
+        if works(self.ttl) {
+            return Ok(());
+        }
+        // The smallest whole number of milliseconds that works: longer TTLs only widen the window.
+        let (mut low, mut high) = (
+            0u64,
+            u64::try_from(caps.max_ttl.as_millis()).unwrap_or(u64::MAX),
+        );
+        if !works(Duration::from_millis(high)) {
+            return self
+                .builder(Arc::clone(backend))
+                .build()
+                .map(drop)
+                .map_err(|e| CliError::usage(e.to_string()));
+        }
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if works(Duration::from_millis(mid)) {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        Err(CliError::usage(format!(
+            "--ttl {given} is too short to cover a round trip to the store: the smallest TTL that works is {}",
+            duration::short(Duration::from_millis(high))
+        )))
+    }
+
     fn locker(&self, backend: Arc<dyn Backend>) -> Result<Locker, CliError> {
+        self.check_ttl(&backend)?;
         let mut builder = self.builder(backend);
         if let Some(holder) = &self.holder {
             builder = builder.metadata(
@@ -166,6 +222,16 @@ struct StatusArgs {
 }
 
 #[derive(Args, Debug)]
+struct ListArgs {
+    /// Only leases whose name starts with this (all leases without it).
+    #[arg(default_value = "")]
+    prefix: String,
+    /// Print one JSON object per lease (the same fields as `status --json`), one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct WatchArgs {
     /// The lease name.
     name: String,
@@ -209,8 +275,9 @@ struct DemoArgs {
 
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // Without -v, `lease` speaks only through its own one-line messages.
     let default = match verbose {
-        0 => "warn,sqlx=error",
+        0 => "off",
         1 => "warn,sqlx=error",
         2 => "debug,sqlx=warn",
         _ => "trace",
@@ -240,13 +307,10 @@ fn parse_args() -> Result<Cli, u8> {
                     Err(exit::USAGE)
                 }
                 _ => {
-                    let rendered = e.render().to_string();
-                    let first = rendered
-                        .lines()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("invalid arguments");
-                    let first = first.strip_prefix("error: ").unwrap_or(first);
-                    eprintln!("lease: {} (see 'lease --help')", store::redact_words(first));
+                    say!(
+                        "lease: {} (see 'lease --help')",
+                        store::redact_words(&one_line_usage(&e.render().to_string()))
+                    );
                     Err(exit::USAGE)
                 }
             }
@@ -254,33 +318,100 @@ fn parse_args() -> Result<Cli, u8> {
     }
 }
 
-async fn run(cli: Cli, url: &StoreUrl) -> Result<u8, CliError> {
-    let backend = store::connect(url).await?;
+/// clap's message on one line: "the following required arguments were not provided:" keeps the
+/// names listed under it.
+fn one_line_usage(rendered: &str) -> String {
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"));
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut text = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    let rest: Vec<&str> = lines.collect();
+    if !rest.is_empty() {
+        text.push(' ');
+        text.push_str(&rest.join(", "));
+    }
+    text
+}
+
+/// Checks what can be checked before connecting: the lease name, the TTL.
+fn precheck(command: &Command) -> Result<(), CliError> {
+    let memory: Arc<dyn Backend> = Arc::new(lease_core::MemoryBackend::new());
+    match command {
+        Command::Exec(args) => {
+            checked_name(&args.name)?;
+            args.lease.check_ttl(&memory)
+        }
+        Command::Elect(args) => {
+            checked_name(&args.name)?;
+            args.lease.check_ttl(&memory)
+        }
+        Command::Demo(args) => {
+            checked_name(&args.name)?;
+            args.lease.check_ttl(&memory)
+        }
+        Command::Status(StatusArgs { name, .. })
+        | Command::Watch(WatchArgs { name, .. })
+        | Command::Break(BreakArgs { name, .. }) => checked_name(name).map(drop),
+        Command::List(_) => Ok(()),
+    }
+}
+
+async fn run(cli: Cli, url: &StoreUrl, store_env: exec::ChildStoreEnv) -> Result<u8, CliError> {
+    precheck(&cli.command)?;
+    if let Command::Watch(WatchArgs { count: Some(0), .. }) = cli.command {
+        return Ok(exit::OK);
+    }
+    let access = match cli.command {
+        Command::Status(_) | Command::Watch(_) | Command::List(_) => Access::ReadOnly,
+        _ => Access::ReadWrite,
+    };
+    let backend = store::connect(url, access).await?;
     let shown = url.redacted();
     match cli.command {
         Command::Exec(args) => {
             let mode = match (args.no_wait, args.timeout) {
                 (true, _) => exec::WaitMode::NoWait,
+                (false, Some(t)) if t.is_zero() => exec::WaitMode::OneAttempt,
                 (false, Some(t)) => exec::WaitMode::Timeout(t),
                 (false, None) => exec::WaitMode::Forever,
             };
-            runner(backend, &args.name, &args.lease, args.child, cli.verbose)?
-                .exec(mode)
-                .await
+            runner(
+                backend,
+                &args.name,
+                &args.lease,
+                args.child,
+                store_env,
+                cli.verbose,
+            )?
+            .exec(mode)
+            .await
         }
         Command::Elect(args) => {
-            runner(backend, &args.name, &args.lease, args.child, cli.verbose)?
-                .elect(args.restart, args.restart_delay)
-                .await
+            runner(
+                backend,
+                &args.name,
+                &args.lease,
+                args.child,
+                store_env,
+                cli.verbose,
+            )?
+            .elect(args.restart, args.restart_delay)
+            .await
         }
         Command::Status(args) => {
             let locker = Locker::from_shared(backend);
-            admin::status(&locker, &checked_name(&args.name)?, &shown, args.json).await
+            admin::status(&locker, &checked_name(&args.name)?, url, args.json).await
+        }
+        Command::List(args) => {
+            let locker = Locker::from_shared(backend);
+            admin::list(&locker, &args.prefix, url, args.json).await
         }
         Command::Watch(args) => {
             let locker = Locker::from_shared(backend);
             let name = checked_name(&args.name)?;
-            admin::watch(&locker, &name, args.interval, args.count, args.json, &shown).await
+            admin::watch(&locker, &name, args.interval, args.count, args.json, url).await
         }
         Command::Break(args) => {
             let locker = Locker::from_shared(backend);
@@ -308,6 +439,7 @@ fn runner(
     name: &str,
     lease: &LockerOptionsArgs,
     child: ChildArgs,
+    store_env: exec::ChildStoreEnv,
     verbose: u8,
 ) -> Result<exec::Runner, CliError> {
     Ok(exec::Runner {
@@ -316,6 +448,7 @@ fn runner(
         child: exec::ChildSpec {
             command: child.command,
             kill_after: child.kill_after,
+            store_env,
         },
         verbose,
     })
@@ -327,7 +460,26 @@ fn checked_name(name: &str) -> Result<String, CliError> {
         .map_err(|e| CliError::usage(format!("lease name {name:?}: {}", e.reason())))
 }
 
+/// `LEASE_STORE` for the command: without its secrets (see docs/cli.md).
+fn child_store_env() -> exec::ChildStoreEnv {
+    match std::env::var("LEASE_STORE") {
+        Ok(url) => match store::without_secrets(&url) {
+            Some(clean) => exec::ChildStoreEnv::Set(clean),
+            None => exec::ChildStoreEnv::Keep,
+        },
+        // Not set, or not Unicode (then it cannot be checked for secrets: leave it out).
+        Err(std::env::VarError::NotPresent) => exec::ChildStoreEnv::Keep,
+        Err(std::env::VarError::NotUnicode(_)) => exec::ChildStoreEnv::Remove,
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == watchdog::ARG)
+    {
+        return watchdog::main();
+    }
     let cli = match parse_args() {
         Ok(cli) => cli,
         Err(code) => return ExitCode::from(code),
@@ -341,7 +493,7 @@ fn main() -> ExitCode {
     {
         Ok(url) => url,
         Err(e) => {
-            eprintln!("lease: {e}");
+            say!("lease: {e}");
             return ExitCode::from(e.code);
         }
     };
@@ -352,17 +504,20 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("lease: cannot start the runtime: {e}");
+            say!("lease: cannot start the runtime: {e}");
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let result = runtime.block_on(run(cli, &url));
+    let result = runtime.block_on(run(cli, &url, child_store_env()));
     // Give spawned best-effort work (a release on drop) a moment, but never hang on exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("lease: {}", url.scrub(&e.message));
+            // An empty message: the error was already said, or stdout was closed (quiet, as cat).
+            if !e.message.is_empty() {
+                say!("lease: {}", url.scrub(&exit::strip_locations(&e.message)));
+            }
             ExitCode::from(e.code)
         }
     }

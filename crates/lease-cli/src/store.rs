@@ -350,24 +350,24 @@ pub(crate) fn default_store_url() -> Result<String, CliError> {
     Ok(format!("sqlite://{}", dir.join("leases.db").display()))
 }
 
-/// Connects to the store (creating a SQLite file's directory and every SQL schema on first use).
-pub(crate) async fn connect(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-    tracing::debug!(store = %url.redacted(), "connecting");
+/// What a subcommand will do with the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `status`, `watch`, `list`: never create a file, a directory, a database or a table.
+    ReadOnly,
+    /// `exec`, `elect`, `break`, `demo`: create what is missing (a SQLite file, the lease table).
+    ReadWrite,
+}
+
+/// Connects to the store. With [`Access::ReadWrite`] a SQLite file (and its directory) and every
+/// SQL lease table are created on first use; with [`Access::ReadOnly`] nothing is.
+pub(crate) async fn connect(url: &StoreUrl, access: Access) -> Result<Arc<dyn Backend>, CliError> {
+    tracing::debug!(store = %url.redacted(), ?access, "connecting");
     match url.store() {
         Store::Memory => Ok(Arc::new(MemoryBackend::new())),
-        Store::Sqlite { path } => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    CliError::new(
-                        exit::CONFIG,
-                        format!("cannot create the directory {}: {e}", parent.display()),
-                    )
-                })?;
-            }
-            sql::sqlite(url).await
-        }
-        Store::Postgres => sql::postgres(url).await,
-        Store::Mysql => sql::mysql(url).await,
+        Store::Sqlite { path } => sql::sqlite(url, path, access).await,
+        Store::Postgres => sql::postgres(url, access).await,
+        Store::Mysql => sql::mysql(url, access).await,
         Store::AzBlob { .. } | Store::Bucket { .. } | Store::File { .. } => {
             Err(CliError::usage(format!(
                 "scheme {}:// is recognised but its backend is not built yet",
@@ -377,11 +377,73 @@ pub(crate) async fn connect(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError
     }
 }
 
+/// A library error from `store`, as one line. A SQL lease table that does not exist (only
+/// read-only commands can meet one: the others create it) is said in those words.
+pub(crate) fn read_error(url: &StoreUrl, e: &lease_core::Error) -> CliError {
+    if sql::is_missing_table(e) {
+        return CliError::new(
+            exit::CONFIG,
+            format!(
+                "no leases table in store {}: no lease was ever taken there (lease exec creates it)",
+                url.redacted()
+            ),
+        );
+    }
+    let mut err = CliError::from_lease(e);
+    err.message = url.scrub(&err.message);
+    err
+}
+
+/// `LEASE_STORE` as the command gets it: the same URL without its password and secret query
+/// parameters (a `lease` run by the command still finds the store, with credentials from
+/// `PGPASSWORD`, `~/.pgpass` or the environment); `None` when there is nothing to remove.
+pub(crate) fn without_secrets(url: &str) -> Option<String> {
+    if secrets(url).is_empty() {
+        return None;
+    }
+    let (head, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(auth_end);
+    let auth = match auth.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some(("", _password)) => host.to_owned(),
+            Some((user, _password)) => format!("{user}@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => auth.to_owned(),
+    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let (query, fragment) = query
+        .split_once('#')
+        .map_or((query, None), |(q, f)| (q, Some(f)));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            !pair
+                .split_once('=')
+                .is_some_and(|(name, _)| is_secret_param(name))
+        })
+        .collect();
+    let mut out = format!("{head}://{auth}{path}");
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    Some(out)
+}
+
 mod sql {
     use std::future::Future;
+    use std::str::FromStr;
     use std::time::Duration;
 
     use lease_sql::SqlOptions;
+    use lease_sql::sqlx;
 
     use super::*;
 
@@ -402,12 +464,57 @@ mod sql {
         err
     }
 
+    /// Whether `e` says the lease table does not exist (PostgreSQL 42P01, MySQL 42S02 / 1146,
+    /// SQLite "no such table").
+    pub(super) fn is_missing_table(e: &lease_core::Error) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(sqlx::Error::Database(db)) = s.downcast_ref::<sqlx::Error>() {
+                let code = db.code().unwrap_or_default();
+                return code == "42P01"
+                    || code == "42S02"
+                    || db.message().starts_with("no such table");
+            }
+            source = s.source();
+        }
+        false
+    }
+
+    /// The pool reports a server it cannot reach as "pool timed out": one direct connection
+    /// attempt tells why (refused, DNS, TLS, authentication).
+    async fn cause<C: sqlx::Connection>(
+        url: &StoreUrl,
+        options: Result<<C as sqlx::Connection>::Options, sqlx::Error>,
+        e: &lease_core::Error,
+    ) -> CliError {
+        let pooled = failed(url, "connect to", e);
+        if !exit::one_line_chain(e).contains("pool timed out") {
+            return pooled;
+        }
+        let Ok(options) = options else { return pooled };
+        match tokio::time::timeout(Duration::from_secs(5), C::connect_with(&options)).await {
+            Ok(Err(direct)) => CliError::new(
+                pooled.code,
+                url.scrub(&format!(
+                    "cannot connect to store {}: {}",
+                    url.redacted(),
+                    exit::one_line_chain(&direct)
+                )),
+            ),
+            _ => pooled,
+        }
+    }
+
     /// Creates the table if missing. Several processes starting at once may race on
     /// `CREATE TABLE IF NOT EXISTS` (PostgreSQL can report a duplicate type); a retry settles it.
     async fn migrate<F: Future<Output = Result<(), lease_core::Error>>>(
         url: &StoreUrl,
+        access: Access,
         mut run: impl FnMut() -> F,
     ) -> Result<(), CliError> {
+        if access == Access::ReadOnly {
+            return Ok(());
+        }
         let mut attempt = 0;
         loop {
             match run().await {
@@ -422,23 +529,90 @@ mod sql {
         }
     }
 
-    pub(super) async fn sqlite(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    pub(super) async fn sqlite(
+        url: &StoreUrl,
+        path: &Path,
+        access: Access,
+    ) -> Result<Arc<dyn Backend>, CliError> {
+        if access == Access::ReadOnly {
+            return sqlite_read_only(url, path).await;
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                CliError::new(
+                    exit::CONFIG,
+                    format!("cannot create the directory {}: {e}", parent.display()),
+                )
+            })?;
+        }
         let backend = lease_sql::SqliteBackend::connect_with(url.raw(), options())
             .await
             .map_err(|e| failed(url, "open", &e))?;
-        migrate(url, || backend.migrate()).await?;
+        migrate(url, access, || backend.migrate()).await?;
         Ok(Arc::new(backend))
     }
 
-    pub(super) async fn postgres(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-        let backend = lease_sql::PostgresBackend::connect_with(url.raw(), options())
+    /// Opens an existing SQLite file read-only: a missing file is an error, never created.
+    async fn sqlite_read_only(url: &StoreUrl, path: &Path) -> Result<Arc<dyn Backend>, CliError> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+        if !path.is_file() {
+            return Err(CliError::new(
+                exit::CONFIG,
+                format!(
+                    "store {} does not exist: no file {} (status, watch and list never create one; lease exec does)",
+                    url.redacted(),
+                    path.display()
+                ),
+            ));
+        }
+        let sqlx_error = |e: sqlx::Error| {
+            CliError::new(
+                exit::CONFIG,
+                url.scrub(&format!(
+                    "cannot open store {} read-only: {}",
+                    url.redacted(),
+                    exit::one_line_chain(&e)
+                )),
+            )
+        };
+        let connect = SqliteConnectOptions::from_str(url.raw())
+            .map_err(sqlx_error)?
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect)
             .await
-            .map_err(|e| failed(url, "connect to", &e))?;
-        migrate(url, || backend.migrate()).await?;
+            .map_err(sqlx_error)?;
+        Ok(Arc::new(lease_sql::SqliteBackend::from_pool(
+            pool,
+            options(),
+        )))
+    }
+
+    pub(super) async fn postgres(
+        url: &StoreUrl,
+        access: Access,
+    ) -> Result<Arc<dyn Backend>, CliError> {
+        use sqlx::postgres::{PgConnectOptions, PgConnection};
+        let backend = match lease_sql::PostgresBackend::connect_with(url.raw(), options()).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                let direct = PgConnectOptions::from_str(url.raw());
+                return Err(cause::<PgConnection>(url, direct, &e).await);
+            }
+        };
+        migrate(url, access, || backend.migrate()).await?;
         Ok(Arc::new(backend))
     }
 
-    pub(super) async fn mysql(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    pub(super) async fn mysql(
+        url: &StoreUrl,
+        access: Access,
+    ) -> Result<Arc<dyn Backend>, CliError> {
+        use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
         // sqlx only knows mysql://; mariadb:// is our alias for it.
         let raw = match url.raw().split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
@@ -446,10 +620,14 @@ mod sql {
             }
             _ => url.raw().to_owned(),
         };
-        let backend = lease_sql::MySqlBackend::connect_with(&raw, options())
-            .await
-            .map_err(|e| failed(url, "connect to", &e))?;
-        migrate(url, || backend.migrate()).await?;
+        let backend = match lease_sql::MySqlBackend::connect_with(&raw, options()).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                let direct = MySqlConnectOptions::from_str(&raw);
+                return Err(cause::<MySqlConnection>(url, direct, &e).await);
+            }
+        };
+        migrate(url, access, || backend.migrate()).await?;
         Ok(Arc::new(backend))
     }
 }
@@ -646,6 +824,20 @@ mod tests {
     }
 
     #[test]
+    fn the_command_gets_the_url_without_its_secrets() {
+        assert_eq!(
+            without_secrets("postgres://app:hunter2@db/x?sslmode=require&password=p&sig=s#f"),
+            Some("postgres://app@db/x?sslmode=require#f".to_owned())
+        );
+        assert_eq!(
+            without_secrets("postgres://:pw@db/x"),
+            Some("postgres://db/x".to_owned())
+        );
+        assert_eq!(without_secrets("postgres://app@db/x"), None);
+        assert_eq!(without_secrets("sqlite:///var/lib/l.db"), None);
+    }
+
+    #[test]
     fn redact_words_in_free_text() {
         assert_eq!(
             redact_words("unexpected argument 'postgres://u:pw@h/d' found"),
@@ -681,7 +873,7 @@ mod tests {
             "azblob://a/c",
         ] {
             let parsed = StoreUrl::parse(url).unwrap();
-            let e = connect(&parsed).await.expect_err(url);
+            let e = connect(&parsed, Access::ReadOnly).await.expect_err(url);
             assert_eq!(e.code, exit::USAGE);
             assert!(
                 e.message

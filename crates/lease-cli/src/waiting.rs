@@ -31,38 +31,76 @@ impl Display {
     }
 }
 
+/// The parts of a line about a held record, so a narrow terminal can shorten the holder and keep
+/// the fencing token and the expiry whole.
+struct HeldParts {
+    /// `web-3 pid=4242`, or `holder 1a2b3c4d`.
+    who: String,
+    /// ` since 2026-11-23T17:07:42Z (40s ago)`, or empty.
+    since: String,
+    /// `, fencing token 17, expires in ~21s`.
+    token_and_expiry: String,
+}
+
+impl HeldParts {
+    fn of(record: &LeaseRecord, now: SystemTime) -> Self {
+        let who = match (&record.metadata, &record.holder) {
+            (Some(m), _) if !m.as_str().is_empty() => m.as_str().to_owned(),
+            (_, Some(token)) => format!("holder {}", &token.to_string()[..8]),
+            _ => "an unknown holder".to_owned(),
+        };
+        let mut since = String::new();
+        if let Some(at) = record.acquired_at {
+            let secs = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()))
+                .unwrap_or(at);
+            since.push_str(&format!(
+                " since {}",
+                humantime::format_rfc3339_seconds(secs)
+            ));
+            if let Ok(ago) = now.duration_since(at) {
+                since.push_str(&format!(
+                    " ({} ago)",
+                    short(Duration::from_secs(ago.as_secs()))
+                ));
+            }
+        }
+        let mut token_and_expiry = format!(", fencing token {}", record.fencing);
+        if let Some(left) = record.expires_in {
+            token_and_expiry.push_str(&format!(", expires in {}", approximately(left)));
+        }
+        Self {
+            who,
+            since,
+            token_and_expiry,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "held by {}{}{}",
+            self.who, self.since, self.token_and_expiry
+        )
+    }
+}
+
+/// A remaining time as a reader wants it from an estimate: `~28s`, `~3m 5s`, `<1s`.
+fn approximately(d: Duration) -> String {
+    if d < Duration::from_millis(500) {
+        return "<1s".to_owned();
+    }
+    let secs = (d.as_millis() + 500) / 1000;
+    format!(
+        "~{}",
+        humantime::format_duration(Duration::from_secs(secs as u64))
+    )
+}
+
 /// One line about a record: who holds it, since when, its fencing token, when it expires.
 pub(crate) fn describe(record: &LeaseRecord, now: SystemTime) -> String {
     match record.state {
-        RecordState::Held => {
-            let who = match (&record.metadata, &record.holder) {
-                (Some(m), _) if !m.as_str().is_empty() => m.as_str().to_owned(),
-                (_, Some(token)) => format!("holder {}", &token.to_string()[..8]),
-                _ => "an unknown holder".to_owned(),
-            };
-            let mut line = format!("held by {who}");
-            if let Some(at) = record.acquired_at {
-                let secs = at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()))
-                    .unwrap_or(at);
-                line.push_str(&format!(
-                    " since {}",
-                    humantime::format_rfc3339_seconds(secs)
-                ));
-                if let Ok(ago) = now.duration_since(at) {
-                    line.push_str(&format!(
-                        " ({} ago)",
-                        short(Duration::from_secs(ago.as_secs()))
-                    ));
-                }
-            }
-            line.push_str(&format!(", fencing token {}", record.fencing));
-            if let Some(left) = record.expires_in {
-                line.push_str(&format!(", expires in ~{}", short(left)));
-            }
-            line
-        }
+        RecordState::Held => HeldParts::of(record, now).line(),
         RecordState::Free => format!("free (last fencing token {})", record.fencing),
         RecordState::Expired => format!(
             "expired, not yet taken over (last fencing token {})",
@@ -73,6 +111,43 @@ pub(crate) fn describe(record: &LeaseRecord, now: SystemTime) -> String {
             record.fencing
         ),
     }
+}
+
+/// The refreshed line: `head` + the line about `record`, in fewer than `width` characters. The
+/// fencing token and the expiry stay whole; to fit, the holder is shortened, then the "since"
+/// part dropped, then the head shortened to `short_head`, then the holder left out.
+fn fit_record(
+    head: &str,
+    short_head: &str,
+    record: &LeaseRecord,
+    now: SystemTime,
+    width: usize,
+) -> String {
+    if record.state != RecordState::Held {
+        return fit_to(&format!("{head}{}", describe(record, now)), width);
+    }
+    let parts = HeldParts::of(record, now);
+    let budget = width.saturating_sub(1);
+    let count = |s: &str| s.chars().count();
+    for head in [head, short_head] {
+        for since in [parts.since.as_str(), ""] {
+            let fixed =
+                count(head) + count("held by ") + count(since) + count(&parts.token_and_expiry);
+            let room = budget.saturating_sub(fixed);
+            let who = if count(&parts.who) <= room {
+                parts.who.clone()
+            } else if room >= 7 {
+                parts.who.chars().take(room - 1).collect::<String>() + "…"
+            } else {
+                continue;
+            };
+            return format!("{head}held by {who}{since}{}", parts.token_and_expiry);
+        }
+    }
+    fit_to(
+        &format!("{short_head}held{}", parts.token_and_expiry),
+        width,
+    )
 }
 
 /// Shows the state of `name` while waiting, until the future is dropped. Sets `printed` when a
@@ -92,30 +167,43 @@ pub(crate) async fn show(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut last_identity = None;
     loop {
-        let line = match locker.inspect(name).await {
+        let record = match locker.inspect(name).await {
             Ok(Some(record)) => {
                 let identity = Some((record.holder, record.fencing, record.state));
                 if display == Display::Lines && identity == last_identity {
                     None
                 } else {
                     last_identity = identity;
-                    Some(describe(&record, SystemTime::now()))
+                    Some(Ok(record))
                 }
             }
-            Ok(None) => (display == Display::Refresh).then(|| "no record yet".to_owned()),
-            Err(e) => Some(format!("cannot read the lease: {e}")),
+            Ok(None) => (display == Display::Refresh).then(|| Err("no record yet".to_owned())),
+            Err(e) => Some(Err(format!(
+                "cannot read the lease: {}",
+                crate::exit::one_line_chain(&e)
+            ))),
         };
-        if let Some(line) = line {
+        if let Some(record) = record {
             let mut err = std::io::stderr().lock();
+            let now = SystemTime::now();
             match display {
                 Display::Refresh => {
                     let waited = short(Duration::from_secs(started.elapsed().as_secs()));
-                    let text = format!("lease: waiting {waited} for {what} {name}: {line}");
-                    let _ = write!(err, "\r\x1b[2K{}", fit(&text));
+                    let head = format!("lease: waiting {waited} for {what} {name}: ");
+                    let short_head = format!("lease: waiting {waited}: ");
+                    let text = match &record {
+                        Ok(record) => fit_record(&head, &short_head, record, now, terminal_width()),
+                        Err(text) => fit_to(&format!("{head}{text}"), terminal_width()),
+                    };
+                    let _ = write!(err, "\r\x1b[2K{text}");
                     let _ = err.flush();
                     printed.set(true);
                 }
                 _ => {
+                    let line = match &record {
+                        Ok(record) => describe(record, now),
+                        Err(text) => text.clone(),
+                    };
                     let _ = writeln!(err, "lease: waiting for {what} {name}: {line}");
                 }
             }
@@ -148,11 +236,7 @@ fn terminal_width() -> usize {
         .unwrap_or(100)
 }
 
-/// Cuts a line to the terminal width so refreshing in place stays on one row.
-fn fit(text: &str) -> String {
-    fit_to(text, terminal_width())
-}
-
+/// Cuts a line to fewer than `width` characters, so refreshing in place stays on one row.
 fn fit_to(text: &str, width: usize) -> String {
     if text.chars().count() < width {
         return text.to_owned();
@@ -181,7 +265,52 @@ mod tests {
         let line = describe(&record, at + Duration::from_secs(62));
         assert_eq!(
             line,
-            "held by web-3 pid=77 since 2027-01-15T08:00:00Z (1m 2s ago), fencing token 41, expires in ~12s 300ms"
+            "held by web-3 pid=77 since 2027-01-15T08:00:00Z (1m 2s ago), fencing token 41, expires in ~12s"
+        );
+    }
+
+    #[test]
+    fn expiry_is_rounded() {
+        assert_eq!(approximately(Duration::from_millis(28_400)), "~28s");
+        assert_eq!(approximately(Duration::from_millis(28_600)), "~29s");
+        assert_eq!(approximately(Duration::from_millis(185_200)), "~3m 5s");
+        assert_eq!(approximately(Duration::from_millis(300)), "<1s");
+    }
+
+    #[test]
+    fn a_narrow_terminal_shortens_the_holder_not_the_token_or_expiry() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let record = LeaseRecord::held(
+            LeaseKey::new("nightly-backup").unwrap(),
+            HolderToken::generate(),
+            FencingToken::new(17),
+        )
+        .with_metadata(
+            HolderMetadata::new("build-runner-eu-west-1a.internal.example pid=4242").unwrap(),
+        )
+        .with_acquired_at(at)
+        .with_expires_in(Duration::from_millis(21_300));
+        let head = "lease: waiting 12s for lease nightly-backup: ";
+        let short_head = "lease: waiting 12s: ";
+        let later = at + Duration::from_secs(40);
+        for width in [60, 80, 100, 120] {
+            let line = fit_record(head, short_head, &record, later, width);
+            assert!(line.chars().count() < width, "{width}: {line}");
+            assert!(
+                line.ends_with(", fencing token 17, expires in ~21s"),
+                "{width}: {line}"
+            );
+            assert!(line.starts_with("lease: waiting 12s"), "{line}");
+        }
+        let line = fit_record(head, short_head, &record, later, 120);
+        assert!(
+            line.starts_with(head) && line.contains("held by build-runner"),
+            "{line}"
+        );
+        let wide = fit_record(head, short_head, &record, later, 200);
+        assert!(
+            wide.contains("build-runner-eu-west-1a.internal.example pid=4242 since"),
+            "{wide}"
         );
     }
 

@@ -193,54 +193,108 @@ fn eight_concurrent_execs_on_mariadb_never_overlap() {
 // ---------------------------------------------------------------------------------------------
 // Expiry, loss and signals.
 
-#[test]
-fn a_killed_holder_is_taken_over_after_its_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_url(dir.path());
-    let name = unique("takeover");
-    let info = dir.path().join("first");
+/// The process group of `pid` (field 5 of /proc/PID/stat, after the parenthesised name).
+fn pgid_of(pid: &str) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    after_name.split_whitespace().nth(2).unwrap().to_owned()
+}
+
+/// Processes of group `pgid` that are still alive (zombies waiting to be reaped do not count).
+fn live_members(pgid: &str) -> Vec<String> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid)
+            && fields.first() != Some(&"Z")
+            && fields.first() != Some(&"X")
+        {
+            live.push(stat);
+        }
+    }
+    live
+}
+
+/// `lease` SIGKILLed while its command runs a shell with working grandchildren: within 1 s nothing
+/// of the command's process group is left, and the next holder, after the TTL, never overlaps the
+/// first one's work (the journal has no line of the first holder after the second one starts).
+fn sigkill_of_lease_kills_the_command_group(store: &str, dir: &Path) {
+    let name = unique("sigkill");
+    let info = dir.join(format!("{name}.pid"));
+    let journal = dir.join(format!("{name}.journal"));
     let script = format!(
-        "echo \"$LEASE_FENCING_TOKEN $$\" > '{}'; exec sleep 60",
-        info.display()
+        "echo \"start $LEASE_FENCING_TOKEN\" >> '{j}'; \
+         (while :; do echo \"work $LEASE_FENCING_TOKEN\" >> '{j}'; sleep 0.02; done) & \
+         sleep 30 & echo $$ > '{info}'; wait",
+        j = journal.display(),
+        info = info.display()
     );
-    let mut first = lease(dir.path())
+    let mut first = lease(dir)
         .args([
-            "--store", &store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &script,
+            "--store", store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &script,
         ])
         .spawn()
         .unwrap();
-    let text = wait_for_file(&info, Duration::from_secs(10));
-    let (token, pgid) = text.trim().split_once(' ').unwrap();
-    let first_token: u64 = token.parse().unwrap();
+    let pgid = pgid_of(&wait_for_file(&info, Duration::from_secs(10)));
+    assert!(!live_members(&pgid).is_empty());
     // Let it renew at least once, so the takeover waits for a renewed grant to run out.
-    std::thread::sleep(Duration::from_millis(900));
-    first.kill().unwrap(); // SIGKILL: it cannot release.
+    std::thread::sleep(Duration::from_millis(800));
+    first.kill().unwrap(); // SIGKILL: lease can neither release nor signal anything.
     let killed = Instant::now();
     first.wait().unwrap();
-    let out = run(lease(dir.path()).args([
-        "--store",
-        &store,
-        "exec",
-        &name,
-        "--ttl",
-        "2s",
-        "--wait",
-        "--",
-        "sh",
-        "-c",
-        "echo $LEASE_FENCING_TOKEN",
+    while !live_members(&pgid).is_empty() {
+        if killed.elapsed() > Duration::from_secs(1) {
+            kill_group(&pgid);
+            panic!(
+                "the command outlived lease by 1 s: {:?}",
+                live_members(&pgid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = format!(
+        "echo \"start $LEASE_FENCING_TOKEN\" >> '{j}'; sleep 0.3; echo \"end $LEASE_FENCING_TOKEN\" >> '{j}'",
+        j = journal.display()
+    );
+    let out = run(lease(dir).args([
+        "--store", store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &second,
     ]));
     let waited = killed.elapsed();
-    kill_group(pgid);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let second_token: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let first_token = lines[0].strip_prefix("start ").expect(&text);
+    let second_start = lines.iter().rposition(|l| l.starts_with("start ")).unwrap();
+    assert!(second_start > 0, "{text}");
+    let second_token = lines[second_start].strip_prefix("start ").unwrap();
     assert!(
-        second_token > first_token,
-        "{second_token} <= {first_token}"
+        second_token.parse::<u64>().unwrap() > first_token.parse::<u64>().unwrap(),
+        "{text}"
+    );
+    assert!(
+        lines[second_start..]
+            .iter()
+            .all(|l| !l.starts_with("work ")),
+        "the first holder's work went on under the second holder:\n{text}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&format!("end {second_token}").as_str()),
+        "{text}"
     );
     // The last renewal was at most a renew interval (ttl/3) before the kill.
     assert!(
@@ -250,6 +304,49 @@ fn a_killed_holder_is_taken_over_after_its_ttl() {
     assert!(
         waited < Duration::from_secs(15),
         "took too long: {waited:?}"
+    );
+}
+
+#[test]
+fn sigkill_of_lease_kills_the_command_group_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    sigkill_of_lease_kills_the_command_group(&sqlite_url(dir.path()), dir.path());
+}
+
+#[test]
+fn sigkill_of_lease_kills_the_command_group_on_postgres() {
+    let Some(url) = server_url("LEASE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    sigkill_of_lease_kills_the_command_group(&url, dir.path());
+}
+
+#[test]
+fn sigkill_of_lease_kills_the_command_group_on_mariadb() {
+    let Some(url) = server_url("LEASE_TEST_MYSQL_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    sigkill_of_lease_kills_the_command_group(&url, dir.path());
+}
+
+/// Background processes the command leaves behind are killed before the lease is released: the
+/// next holder never runs beside them.
+#[test]
+fn leftovers_of_the_command_are_killed_before_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("leftover");
+    let journal = dir.path().join("journal");
+    let script = format!("(sleep 0.3; echo late >> '{}') & exit 0", journal.display());
+    let out =
+        run(lease(dir.path()).args(["--store", &store, "exec", &name, "--", "sh", "-c", &script]));
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !journal.exists(),
+        "a leftover of the command ran after the release"
     );
 }
 
@@ -419,7 +516,11 @@ fn a_broken_lease_is_lost_and_the_command_terminated() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "TERM\n");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("lost lease"), "{err}");
+    // One line from lease, and no log line before it (the command's shell may add its own).
+    let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("lease:")).collect();
+    assert_eq!(ours.len(), 1, "{err}");
+    assert!(ours[0].starts_with("lease: lost lease"), "{err}");
+    assert!(!err.contains("ERROR") && !err.contains("WARN"), "{err}");
 }
 
 #[test]
@@ -527,7 +628,7 @@ fn a_bad_duration_is_a_one_line_usage_error() {
             "--",
             "true",
         ],
-        "greater than zero",
+        "smallest TTL that works",
     );
 }
 
@@ -561,7 +662,9 @@ fn other_usage_errors() {
         &["--store", "memory://", "exec", "bad name", "--", "true"],
         "lease name",
     );
-    assert_usage_error(&["--store", "memory://", "exec", "x"], "required");
+    // Missing arguments are named.
+    assert_usage_error(&["--store", "memory://", "exec", "x"], "<COMMAND>");
+    assert_usage_error(&["--store", "memory://", "status", "--json"], "<NAME>");
     assert_usage_error(
         &[
             "--store",
@@ -589,6 +692,128 @@ fn an_unreachable_server_is_unavailable() {
     assert_eq!(out.status.code(), Some(UNAVAILABLE), "{err:?}");
     assert_eq!(err.len(), 1, "{err:?}");
     assert!(err[0].contains("u:***@127.0.0.1:1"), "{err:?}");
+    // The cause, not the pool's "timed out".
+    assert!(err[0].contains("Connection refused"), "{err:?}");
+}
+
+#[test]
+fn bad_ttls_are_refused_at_once_naming_what_works() {
+    for (ttl, expect) in [
+        ("1ms", "the smallest TTL that works is 56ms"),
+        ("0", "the smallest TTL that works is 56ms"),
+        ("10years", "the longest TTL this store grants is 365d"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_url(dir.path());
+        let started = Instant::now();
+        let out =
+            run(lease(dir.path())
+                .args(["--store", &store, "exec", "job", "--ttl", ttl, "--", "true"]));
+        let err = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(USAGE), "{ttl}: {err:?}");
+        assert_eq!(err.len(), 1, "{ttl}: {err:?}");
+        assert!(err[0].contains(expect), "{ttl}: {err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{ttl}: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !dir.path().join("leases.db").exists(),
+            "{ttl}: the store was touched"
+        );
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let out = run(lease(dir.path()).args(["--store", &store, "exec", "job", "--", "true"]));
+    assert!(out.status.success());
+    // `lease status job --json | true`: the reader is gone before anything is written.
+    let mut child = lease(dir.path())
+        .args(["--store", &store, "status", "job", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `lease demo | head -1`: several tasks write.
+    let mut child = lease(dir.path())
+        .args(["--store", "memory://", "demo", "--hold", "20ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("contenders"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn read_only_commands_never_create_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent-dir/x.db");
+    let store = format!("sqlite://{}", missing.display());
+    for args in [
+        vec!["status", "job"],
+        vec!["watch", "job", "--count", "1"],
+        vec!["list"],
+    ] {
+        let out = run(lease(dir.path()).args(["--store", &store]).args(&args));
+        let err = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {err:?}");
+        assert_eq!(err.len(), 1, "{args:?}: {err:?}");
+        assert!(err[0].contains("does not exist"), "{args:?}: {err:?}");
+    }
+    assert!(!dir.path().join("nonexistent-dir").exists());
+    // An existing database without the table: said, and not created.
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let store = format!("sqlite://{}", empty.display());
+    for _ in 0..2 {
+        let out = run(lease(dir.path()).args(["--store", &store, "status", "job"]));
+        let err = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(78), "{err:?}");
+        assert!(err[0].contains("no leases table"), "{err:?}");
+    }
+}
+
+#[test]
+fn a_server_database_without_the_table_is_not_changed_by_status() {
+    let Some(url) = server_url("LEASE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    // A search path naming a schema that does not exist: the unqualified table is nowhere.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = format!(
+        "{url}{sep}options=-csearch_path%3D{}",
+        unique("none").replace('-', "_")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(lease(dir.path()).args(["--store", &store, "status", "job", "--json"]));
+    let err = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(78), "{err:?}");
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("no leases table"), "{err:?}");
+    assert!(!err[0].contains(" at line "), "{err:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,6 +903,9 @@ fn watch_prints_holder_changes() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_url(dir.path());
     let name = unique("watch");
+    // watch never creates the store: make it first.
+    let out = run(lease(dir.path()).args(["--store", &store, "exec", "other", "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
     let mut watcher = lease(dir.path())
         .args([
             "--store",
@@ -687,14 +915,17 @@ fn watch_prints_holder_changes() {
             "--interval",
             "100ms",
             "--count",
-            "2",
+            "3",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(first.ends_with(&format!("{name}: no holder")), "{first}");
+    assert!(
+        first.ends_with(&format!("{name}: never acquired on this store")),
+        "{first}"
+    );
     let out = run(lease(dir.path()).args([
         "--store", &store, "exec", &name, "--holder", "watched", "--", "sleep", "1",
     ]));
@@ -702,7 +933,91 @@ fn watch_prints_holder_changes() {
     let second = lines.next().unwrap().unwrap();
     assert!(second.contains("held by watched"), "{second}");
     assert!(second.contains("fencing token 1"), "{second}");
+    let third = lines.next().unwrap().unwrap();
+    assert!(third.ends_with("free (last fencing token 1)"), "{third}");
     assert!(wait_with_limit(&mut watcher, Duration::from_secs(5)).success());
+}
+
+/// `watch --json` and `status --json` print one shape: a released lease is "free" with its token.
+#[test]
+fn watch_and_status_print_the_same_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("json");
+    let out = run(lease(dir.path()).args(["--store", &store, "exec", &name, "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
+    let status = run(lease(dir.path()).args(["--store", &store, "status", &name, "--json"]));
+    let watch =
+        run(lease(dir.path()).args(["--store", &store, "watch", &name, "--json", "--count", "1"]));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut watch: serde_json::Value = serde_json::from_slice(&watch.stdout).unwrap();
+    assert!(watch["observed_at"].is_string(), "{watch}");
+    watch.as_object_mut().unwrap().remove("observed_at");
+    assert_eq!(watch, status);
+    assert_eq!(status["state"], "free");
+    assert_eq!(status["fencing_token"], 1);
+    // --count 0 prints nothing.
+    let out = run(lease(dir.path()).args(["--store", &store, "watch", &name, "--count", "0"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+/// `--timeout 0` makes one attempt: it takes a free lease and gives up at once on a held one.
+#[test]
+fn timeout_zero_makes_one_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("timeout0");
+    let args = ["--store", &store, "exec", &name, "--timeout", "0", "--"];
+    let out = run(lease(dir.path())
+        .args(args)
+        .args(["sh", "-c", "echo $LEASE_FENCING_TOKEN"]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let ready = dir.path().join("ready");
+    let script = format!("echo up > '{}'; exec sleep 30", ready.display());
+    let mut holder = lease(dir.path())
+        .args(["--store", &store, "exec", &name, "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let started = Instant::now();
+    let out = run(lease(dir.path()).args(args).arg("true"));
+    signal(holder.id(), "-TERM");
+    wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(TIMEOUT), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A password in LEASE_STORE does not reach the command; the rest of the URL does.
+#[test]
+fn the_command_gets_lease_store_without_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let out = run(lease(dir.path())
+        .env(
+            "LEASE_STORE",
+            "postgres://app:hunter2@db.internal/ops?sslmode=require&password=pw99",
+        )
+        .args([
+            "--store",
+            &store,
+            "exec",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LEASE_STORE\"",
+        ]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "postgres://app@db.internal/ops?sslmode=require"
+    );
 }
 
 #[test]
