@@ -65,7 +65,8 @@ enum Command {
     /// The command gets LEASE_NAME, LEASE_FENCING_TOKEN and LEASE_HOLDER in its environment and
     /// runs in its own process group. `lease` exits with the command's status. If the lease is
     /// lost, the command's group gets SIGTERM, then SIGKILL after --kill-after, and `lease` exits
-    /// with 75. SIGINT, SIGTERM and SIGHUP sent to `lease` are forwarded to the command.
+    /// with 75. SIGINT, SIGTERM and SIGHUP sent to `lease` are forwarded to the command. If
+    /// `lease` itself dies, even by SIGKILL, the command's whole process group is killed.
     #[command(after_help = exit::TABLE)]
     Exec(ExecArgs),
     /// Run a command only while this process is the leader of NAME.
