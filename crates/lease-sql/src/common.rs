@@ -443,10 +443,80 @@ pub(crate) fn connect_error(
     }
 }
 
+/// The largest value the `fencing` column holds. A row at it can never be granted again: every
+/// dialect's acquire refuses to take it over, and the read-back reports it as corrupt.
+pub(crate) const FENCING_MAX: i64 = i64::MAX;
+
+/// Decides an acquire that did not report a grant (the key is held, or the reply could not be
+/// trusted) from the row read back after it: ours and in force → the grant it holds; someone
+/// else's → held; an exhausted counter → corrupt; free or expired → held with no time left, so
+/// the protocol retries at once.
+pub(crate) fn outcome_from_record(
+    backend: &'static str,
+    holder: &lease_core::HolderToken,
+    record: Option<LeaseRecord>,
+) -> Result<lease_core::AcquireOutcome, BackendError> {
+    use lease_core::{AcquireOutcome, Grant};
+    let Some(record) = record else {
+        return Ok(AcquireOutcome::Held(None));
+    };
+    if record.is_held_by(holder) {
+        let ttl = record.ttl.ok_or_else(|| {
+            BackendError::corrupt_record(backend, format!("lease {} has no TTL", record.key))
+        })?;
+        return Ok(AcquireOutcome::Acquired(Grant::new(record.fencing, ttl)));
+    }
+    if record.state != RecordState::Held {
+        if record.fencing.get() >= FENCING_MAX as u64 {
+            return Err(BackendError::corrupt_record(
+                backend,
+                format!(
+                    "the fencing counter of lease {} is exhausted ({}): no larger token can be issued",
+                    record.key, record.fencing
+                ),
+            ));
+        }
+        return Ok(AcquireOutcome::Held(Some(Box::new(
+            record.with_expires_in(Duration::ZERO),
+        ))));
+    }
+    Ok(AcquireOutcome::Held(Some(Box::new(record))))
+}
+
+/// One lease of a batched renewal: each `(key, holder)` pair appears once.
+#[derive(Debug)]
+pub(crate) struct BatchLease<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) holder: String,
+    pub(crate) ttl_ms: i64,
+}
+
+/// The distinct leases of a `renew_many` call. A pair asked for twice is renewed once, with the
+/// TTL of its last request, and every request for it reports the TTL that was stored.
+pub(crate) fn distinct_leases(requests: &[lease_core::RenewRequest]) -> Vec<BatchLease<'_>> {
+    let mut index: std::collections::HashMap<(&str, lease_core::HolderToken), usize> =
+        std::collections::HashMap::with_capacity(requests.len());
+    let mut out: Vec<BatchLease<'_>> = Vec::with_capacity(requests.len());
+    for r in requests {
+        match index.entry((r.key.as_str(), r.holder)) {
+            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()].ttl_ms = ttl_ms(r.ttl),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(BatchLease {
+                    key: r.key.as_str(),
+                    holder: r.holder.to_string(),
+                    ttl_ms: ttl_ms(r.ttl),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Builds a JSON array of `[name, holder, ttl_ms]` triples (keys and tokens need no escaping,
 /// but escape anyway so the encoding never depends on key validation).
-#[cfg(feature = "sqlite")]
-pub(crate) fn json_batch(requests: &[&lease_core::RenewRequest]) -> String {
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn json_batch(leases: &[BatchLease<'_>]) -> String {
     fn push_str(out: &mut String, s: &str) {
         out.push('"');
         for c in s.chars() {
@@ -459,40 +529,40 @@ pub(crate) fn json_batch(requests: &[&lease_core::RenewRequest]) -> String {
         }
         out.push('"');
     }
-    let mut out = String::with_capacity(requests.len() * 64 + 2);
+    let mut out = String::with_capacity(leases.len() * 64 + 2);
     out.push('[');
-    for (i, r) in requests.iter().enumerate() {
+    for (i, lease) in leases.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('[');
-        push_str(&mut out, r.key.as_str());
+        push_str(&mut out, lease.key);
         out.push(',');
-        push_str(&mut out, &r.holder.to_string());
+        push_str(&mut out, &lease.holder);
         out.push(',');
-        out.push_str(&ttl_ms(r.ttl).to_string());
+        out.push_str(&lease.ttl_ms.to_string());
         out.push(']');
     }
     out.push(']');
     out
 }
 
-/// Maps per-request renewal results from the set of `(name, holder)` pairs the database renewed.
+/// Maps per-request renewal results from the `(name, holder)` pairs the database renewed and the
+/// TTL (ms) each now has stored.
 pub(crate) fn renew_results(
     requests: &[lease_core::RenewRequest],
-    renewed: &std::collections::HashSet<(String, String)>,
+    renewed: &std::collections::HashMap<(String, String), i64>,
 ) -> Vec<Result<lease_core::RenewOutcome, BackendError>> {
     requests
         .iter()
-        .map(|r| {
-            if renewed.contains(&(r.key.as_str().to_owned(), r.holder.to_string())) {
-                Ok(lease_core::RenewOutcome::Renewed(Duration::from_millis(
-                    ttl_ms(r.ttl) as u64,
-                )))
-            } else {
-                Ok(lease_core::RenewOutcome::NotHeld)
-            }
-        })
+        .map(
+            |r| match renewed.get(&(r.key.as_str().to_owned(), r.holder.to_string())) {
+                Some(&ms) => Ok(lease_core::RenewOutcome::Renewed(Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                ))),
+                None => Ok(lease_core::RenewOutcome::NotHeld),
+            },
+        )
         .collect()
 }
 

@@ -2,7 +2,7 @@
 //! minted fencing token through `LAST_INSERT_ID(expr)` in the same reply; expiry on
 //! `UTC_TIMESTAMP(6)`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lease_core::{
     AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, FencingToken, Grant,
-    LeaseKey, LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+    LeaseKey, LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{
-    self, DbClass, RawRecord, SqlOptions, Stats, TableName, base_capabilities, ttl_ms,
+    self, BatchLease, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName,
+    base_capabilities, ttl_ms,
 };
 
 const NAME: &str = "mysql";
@@ -26,9 +27,19 @@ const NAME: &str = "mysql";
 /// those fit a signed BIGINT).
 const HELD_SENTINEL: u64 = u64::MAX;
 
-/// Leases per batched renewal statement: two placeholders each, under the server's limit of
-/// 65,535 placeholders per prepared statement.
+/// Leases per batched renewal statement: bounds its one JSON parameter to about 1.5 MB, well
+/// under the server's default `max_allowed_packet` (16 MB on MariaDB 10.11, 64 MB on MySQL 8).
 const RENEW_CHUNK: usize = 16_384;
+
+/// The leases of a batched renewal as a derived table, from one JSON parameter
+/// `[[name, holder, ttl_ms], …]`. Its columns have the table's character set and collation, so the
+/// join below is a primary-key lookup per lease (`eq_ref`): the statement reads, and locks, only
+/// the rows it renews — never other holders' rows — and its text is the same for every batch
+/// size (one server-side prepared statement per connection).
+const BATCH: &str = "JSON_TABLE(?, '$[*]' COLUMNS (\
+     name VARCHAR(200) CHARACTER SET ascii COLLATE ascii_bin PATH '$[0]', \
+     holder VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[1]', \
+     ttl BIGINT PATH '$[2]')) AS r";
 
 /// Leases in a MySQL 8 or MariaDB 10.6+ (InnoDB) table.
 ///
@@ -54,7 +65,6 @@ pub struct MySqlBackend {
 struct Inner {
     pool: MySqlPool,
     table: TableName,
-    quoted: String,
     sql: Statements,
     stats: Stats,
 }
@@ -65,6 +75,8 @@ struct Statements {
     read: String,
     read_for_update: String,
     renew: String,
+    renew_many: String,
+    renewed: String,
     release: String,
     break_lease: String,
 }
@@ -95,13 +107,15 @@ impl Statements {
                  \x20   PRIMARY KEY (name)\n\
                  ) ENGINE = InnoDB"
             ),
+            // `LAST_INSERT_ID(1)` in VALUES makes an insert report 1, so a reply of 0 is never a
+            // valid answer (an UPDATE trigger resets what the update branch reports to 0).
             // ON DUPLICATE KEY UPDATE assigns left to right and later expressions see earlier
             // assignments, so every column that TAKE or SAME reads (fencing, holder, expires_at)
             // is assigned only after the expressions that need its old value, and each
             // re-evaluation of TAKE gives the same answer (see docs/backends/sql.md).
             acquire: format!(
                 "INSERT INTO {t} (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)\n\
-                 VALUES (?, ?, ?, 1, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)\n\
+                 VALUES (?, ?, ?, LAST_INSERT_ID(1), ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)\n\
                  ON DUPLICATE KEY UPDATE\n\
                  \x20   fencing = IF({TAKE}, LAST_INSERT_ID(IF({SAME}, fencing, fencing + 1)),\n\
                  \x20                IF(LAST_INSERT_ID({HELD_SENTINEL}) > 0, fencing, fencing)),\n\
@@ -116,6 +130,17 @@ impl Statements {
             renew: format!(
                 "UPDATE {t} SET ttl_ms = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND\n\
                  WHERE name = ? AND holder = ? AND expires_at > UTC_TIMESTAMP(6)"
+            ),
+            // STRAIGHT_JOIN: the JSON rows drive, the table is probed by primary key.
+            renew_many: format!(
+                "UPDATE {BATCH} STRAIGHT_JOIN {t} AS l ON l.name = r.name AND l.holder = r.holder\n\
+                 SET l.ttl_ms = r.ttl, l.expires_at = UTC_TIMESTAMP(6) + INTERVAL r.ttl * 1000 MICROSECOND\n\
+                 WHERE l.expires_at > UTC_TIMESTAMP(6)"
+            ),
+            renewed: format!(
+                "SELECT l.name, l.holder, l.ttl_ms FROM {BATCH} STRAIGHT_JOIN {t} AS l\n\
+                 \x20   ON l.name = r.name AND l.holder = r.holder\n\
+                 WHERE l.expires_at > UTC_TIMESTAMP(6)"
             ),
             release: format!(
                 "UPDATE {t} SET {CLEAR}\n\
@@ -132,8 +157,9 @@ fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
     };
     match e.number() {
         // lock wait timeout, deadlock, too many connections, server shutdown, query interrupted,
-        // network read/write errors, connection killed (MariaDB), max execution time (MySQL)
-        1205 | 1213 | 1040 | 1053 | 1317 | 1158..=1161 | 1927 | 3024 | 2006 | 2013 => {
+        // network read/write errors, connection killed (MariaDB), max execution time (MySQL
+        // 3024, MariaDB 1969), server gone away / lost during query
+        1205 | 1213 | 1040 | 1053 | 1317 | 1158..=1161 | 1927 | 3024 | 1969 | 2006 | 2013 => {
             DbClass::Transient
         }
         // BIGINT out of range: the fencing counter of the row cannot be bumped
@@ -157,24 +183,15 @@ fn raw_record(row: &MySqlRow) -> Result<RawRecord, sqlx::Error> {
     })
 }
 
-fn placeholders(n: usize, each: &str) -> String {
-    let mut out = String::with_capacity(n * (each.len() + 1));
-    for i in 0..n {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(each);
-    }
-    out
-}
-
 impl MySqlBackend {
-    /// Connects a pool to `url` (`mysql://user:password@host:3306/database`).
+    /// Connects a pool to `url` (`mysql://user:password@host:3306/database`) and checks that the
+    /// lease table, if it exists, has no `UPDATE` triggers.
     ///
     /// # Errors
     /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a URL that cannot be parsed;
-    /// [`Error::Backend`](crate::Error::Backend) when the server cannot be reached (transient) or
-    /// refuses the login or database (fatal). Messages never contain the password.
+    /// [`Error::Backend`](crate::Error::Backend) when the server cannot be reached (transient),
+    /// refuses the login or database (fatal), or the table has an `UPDATE` trigger (fatal).
+    /// Messages never contain the password.
     pub async fn connect(url: &str) -> Result<Self, lease_core::Error> {
         Self::connect_with(url, SqlOptions::default()).await
     }
@@ -192,7 +209,9 @@ impl MySqlBackend {
             .connect_with(connect)
             .await
             .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        Ok(Self::from_pool(pool, options))
+        let backend = Self::from_pool(pool, options);
+        backend.check_no_update_triggers().await?;
+        Ok(backend)
     }
 
     /// Uses an existing pool; operations run in autocommit on connections taken from it.
@@ -202,7 +221,6 @@ impl MySqlBackend {
             inner: Arc::new(Inner {
                 pool,
                 sql: Statements::new(&quoted),
-                quoted,
                 table: options.table,
                 stats: Stats::default(),
             }),
@@ -214,17 +232,50 @@ impl MySqlBackend {
         self.inner.sql.create.clone()
     }
 
-    /// Creates the lease table if it does not exist (idempotent).
+    /// Creates the lease table if it does not exist (idempotent) and checks that it has no
+    /// `UPDATE` triggers.
     ///
     /// # Errors
-    /// [`Error::Backend`](crate::Error::Backend), fatal when the user may not create tables.
+    /// [`Error::Backend`](crate::Error::Backend), fatal when the user may not create tables or the
+    /// table has an `UPDATE` trigger.
     pub async fn migrate(&self) -> Result<(), lease_core::Error> {
         self.inner.stats.statement();
         sqlx::query(AssertSqlSafe(self.inner.sql.create.as_str()))
             .execute(&self.inner.pool)
             .await
             .map_err(|e| classify("migrate", e))?;
-        Ok(())
+        self.check_no_update_triggers().await
+    }
+
+    /// Refuses a lease table with `UPDATE` triggers: under one, the server reports 0 where the
+    /// acquire statement set `LAST_INSERT_ID` to the new token, so every acquire would need a
+    /// second round trip to read its row back (the backend does that rather than trust such a
+    /// reply), and a trigger that writes the row could break exclusion outright.
+    async fn check_no_update_triggers(&self) -> Result<(), lease_core::Error> {
+        self.inner.stats.statement();
+        let triggers: Option<String> = sqlx::query_scalar(
+            "SELECT GROUP_CONCAT(TRIGGER_NAME ORDER BY TRIGGER_NAME SEPARATOR ', ') \
+             FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = COALESCE(?, DATABASE()) AND EVENT_OBJECT_TABLE = ? \
+             AND EVENT_MANIPULATION = 'UPDATE'",
+        )
+        .bind(self.inner.table.schema())
+        .bind(self.inner.table.table())
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(|e| classify("check triggers", e))?;
+        match triggers {
+            None => Ok(()),
+            Some(names) => Err(lease_core::Error::Backend(BackendError::fatal(
+                NAME,
+                format!(
+                    "the lease table {} has UPDATE trigger(s) {names}: an UPDATE trigger hides \
+                     the token the acquire statement reports and may rewrite lease rows; \
+                     drop the trigger(s) or give the leases a table of their own",
+                    self.inner.table
+                ),
+            ))),
+        }
     }
 
     /// The pool operations run on.
@@ -259,67 +310,38 @@ impl MySqlBackend {
         }
     }
 
-    /// Renews one chunk of requests sharing a TTL: one UPDATE, plus one SELECT only when some of
-    /// them were not renewed (to tell which).
+    /// Renews one chunk of distinct leases: one UPDATE, plus one SELECT only when some of them
+    /// were not renewed (to tell which). Returns the renewed `(name, holder)` pairs with the TTL
+    /// each has stored.
     async fn renew_chunk(
         &self,
-        ttl: i64,
-        chunk: &[&RenewRequest],
-    ) -> Result<HashSet<(String, String)>, BackendError> {
-        let holders: Vec<String> = chunk.iter().map(|r| r.holder.to_string()).collect();
-        let t = &self.inner.quoted;
-        let sql = format!(
-            "UPDATE {t} SET ttl_ms = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-             WHERE (name, holder) IN ({}) AND expires_at > UTC_TIMESTAMP(6)",
-            placeholders(chunk.len(), "(?,?)")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(ttl).bind(ttl * 1000);
-        for (r, holder) in chunk.iter().zip(&holders) {
-            query = query.bind(r.key.as_str()).bind(holder.as_str());
-        }
+        chunk: &[BatchLease<'_>],
+    ) -> Result<HashMap<(String, String), i64>, BackendError> {
+        let batch = common::json_batch(chunk);
         self.inner.stats.statement();
-        let done = query
+        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
+            .bind(&batch)
             .execute(&self.inner.pool)
             .await
             .map_err(|e| classify("renew_many", e))?;
-        let wanted: HashSet<(String, String)> = chunk
-            .iter()
-            .zip(&holders)
-            .map(|(r, h)| (r.key.as_str().to_owned(), h.clone()))
-            .collect();
-        if done.rows_affected() == wanted.len() as u64 {
-            return Ok(wanted);
+        if done.rows_affected() == chunk.len() as u64 {
+            return Ok(chunk
+                .iter()
+                .map(|l| ((l.key.to_owned(), l.holder.clone()), l.ttl_ms))
+                .collect());
         }
         // Some were not renewed: the rows still held by the requested holder after the UPDATE
         // are exactly the renewed ones (the others had expired or changed hands).
-        let sql = format!(
-            "SELECT name, holder FROM {t} WHERE name IN ({}) AND expires_at > UTC_TIMESTAMP(6)",
-            placeholders(chunk.len(), "?")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for r in chunk {
-            query = query.bind(r.key.as_str());
-        }
         self.inner.stats.statement();
-        let rows = query
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renewed.as_str()))
+            .bind(&batch)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| classify("renew_many", e))?;
-        let live = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<String, _>(0)?,
-                    row.try_get::<Option<String>, _>(1)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| classify("renew_many", e))?;
-        Ok(live
-            .into_iter()
-            .filter_map(|(name, holder)| Some((name, holder?)))
-            .filter(|pair| wanted.contains(pair))
-            .collect())
+        rows.iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<HashMap<_, _>, sqlx::Error>>()
+            .map_err(|e| classify("renew_many", e))
     }
 }
 
@@ -346,40 +368,35 @@ impl Backend for MySqlBackend {
             .await
             .map_err(|e| classify("acquire", e))?;
         let granted = Duration::from_millis(ttl as u64);
-        // Inserted: 1 row, no LAST_INSERT_ID. Taken over or re-acquired: 2 rows (the client
-        // asks for found rows, so an untouched row counts 1), LAST_INSERT_ID = the token.
-        // Held: LAST_INSERT_ID = the sentinel.
-        match (done.rows_affected(), done.last_insert_id()) {
-            (_, HELD_SENTINEL) => {}
-            (1, 0) => {
+        // Inserted: 1 row, LAST_INSERT_ID 1 (from VALUES). Taken over or re-acquired: 2 rows (the
+        // client asks for found rows, so an untouched row counts 1), LAST_INSERT_ID = the token.
+        // Held: LAST_INSERT_ID = the sentinel. Anything else (an UPDATE trigger makes it 0) is
+        // not trusted: the row read back says whether this holder token got the key.
+        let (rows, id) = (done.rows_affected(), done.last_insert_id());
+        match (rows, id) {
+            (1, 1) => {
                 return Ok(AcquireOutcome::Acquired(Grant::new(
                     FencingToken::new(1),
                     granted,
                 )));
             }
-            (2, token) => {
+            (2, token) if (1..=FENCING_MAX as u64).contains(&token) => {
                 return Ok(AcquireOutcome::Acquired(Grant::new(
                     FencingToken::new(token),
                     granted,
                 )));
             }
+            (_, HELD_SENTINEL) => {}
             (rows, id) => {
-                return Err(BackendError::fatal(
-                    NAME,
-                    format!(
-                        "acquire: unexpected reply ({rows} rows, LAST_INSERT_ID {id}); is the table this library's?"
-                    ),
-                ));
+                tracing::debug!(
+                    rows,
+                    last_insert_id = id,
+                    "acquire: unexpected reply, resolved by reading the row back"
+                );
             }
         }
         let record = self.read(&request.key).await?;
-        Ok(AcquireOutcome::Held(record.map(|r| {
-            Box::new(if r.state == RecordState::Held {
-                r
-            } else {
-                r.with_expires_in(Duration::ZERO)
-            })
-        })))
+        common::outcome_from_record(NAME, &request.holder, record)
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
@@ -404,22 +421,16 @@ impl Backend for MySqlBackend {
         &self,
         requests: &[RenewRequest],
     ) -> Vec<Result<RenewOutcome, BackendError>> {
-        // One statement per distinct TTL (a Locker uses one) and per chunk of RENEW_CHUNK leases.
-        let mut by_ttl: BTreeMap<i64, Vec<&RenewRequest>> = BTreeMap::new();
-        for r in requests {
-            by_ttl.entry(ttl_ms(r.ttl)).or_default().push(r);
-        }
-        let mut renewed = HashSet::new();
-        for (ttl, group) in by_ttl {
-            for chunk in group.chunks(RENEW_CHUNK) {
-                match self.renew_chunk(ttl, chunk).await {
-                    Ok(set) => renewed.extend(set),
-                    Err(e) => {
-                        return requests
-                            .iter()
-                            .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
-                            .collect();
-                    }
+        let leases = common::distinct_leases(requests);
+        let mut renewed = HashMap::with_capacity(leases.len());
+        for chunk in leases.chunks(RENEW_CHUNK) {
+            match self.renew_chunk(chunk).await {
+                Ok(done) => renewed.extend(done),
+                Err(e) => {
+                    return requests
+                        .iter()
+                        .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
+                        .collect();
                 }
             }
         }

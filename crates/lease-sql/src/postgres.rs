@@ -1,7 +1,7 @@
 //! PostgreSQL: one upsert per acquire on `clock_timestamp()`, batched renewals through `unnest`,
 //! waiters woken by `LISTEN/NOTIFY`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lease_core::{
     AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Grant, LeaseKey,
-    LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+    LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::common::{
-    self, DbClass, RawRecord, SqlOptions, Stats, TableName, base_capabilities, granted_ttl, ttl_ms,
+    self, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName, base_capabilities,
+    granted_ttl, ttl_ms,
 };
 
 const NAME: &str = "postgres";
@@ -117,7 +118,7 @@ impl Statements {
                  \x20   holder_meta = EXCLUDED.holder_meta,\n\
                  \x20   ttl_ms = EXCLUDED.ttl_ms,\n\
                  \x20   expires_at = EXCLUDED.expires_at\n\
-                 WHERE l.fencing >= 0\n\
+                 WHERE l.fencing >= 0 AND l.fencing < {FENCING_MAX}\n\
                  \x20 AND (l.holder IS NULL OR l.expires_at <= EXCLUDED.acquired_at OR l.holder = EXCLUDED.holder)\n\
                  RETURNING l.fencing, l.ttl_ms"
             ),
@@ -130,7 +131,7 @@ impl Statements {
                 "UPDATE {t} AS l SET ttl_ms = r.ttl, expires_at = clock_timestamp() + r.ttl * interval '1 millisecond'\n\
                  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(name, holder, ttl)\n\
                  WHERE l.name = r.name AND l.holder = r.holder AND l.expires_at > clock_timestamp()\n\
-                 RETURNING l.name, l.holder"
+                 RETURNING l.name, l.holder, l.ttl_ms"
             ),
             release: format!(
                 "WITH released AS (\n\
@@ -160,6 +161,9 @@ fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
         "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300" => {
             DbClass::Transient
         }
+        // read-only transaction (a primary being demoted during a failover: a retry may reach the
+        // new primary), statement completion unknown (the outcome is unknown: the core reads back)
+        "25006" | "40003" => DbClass::Transient,
         // numeric value out of range: the fencing counter of a foreign row cannot be bumped
         "22003" => DbClass::Corrupt,
         // connection exceptions, insufficient resources
@@ -220,7 +224,8 @@ impl PostgresBackend {
     }
 
     /// Uses an existing pool. Operations run in autocommit on connections taken from it;
-    /// [`Backend::wait_for_change`] keeps one of its connections for `LISTEN` once first used.
+    /// [`Backend::wait_for_change`] opens one more connection with the pool's options, outside
+    /// the pool, for `LISTEN` once first used.
     pub fn from_pool(pool: PgPool, options: SqlOptions) -> Self {
         let sql = Statements::new(&options.table);
         Self {
@@ -298,19 +303,28 @@ impl PostgresBackend {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let pool = self.inner.pool.clone();
+        // LISTEN keeps its connection for as long as it runs, so it gets a connection of its
+        // own, outside the operations pool: a pool of one would otherwise be taken for good.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.inner.pool.connect_options()).clone());
         let channel = self.inner.channel.clone();
         let notifier = Arc::clone(&self.inner.notifier);
         *task = Some(tokio::spawn(listen(pool, channel, notifier)));
     }
 }
 
-/// The listener loop: one connection per backend, `LISTEN lease_<table>`, each notification's
-/// payload is a key whose waiters are woken.
+/// The listener loop on its own one-connection `pool` (not the operations pool):
+/// `LISTEN lease_<table>`, each notification's payload is a key whose waiters are woken.
 async fn listen(pool: PgPool, channel: String, notifier: Arc<Notifier>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
+            Ok(mut listener) => {
+                listener.ignore_pool_close_event(true);
+                listener
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "LISTEN connection failed; waiters poll");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -437,9 +451,8 @@ impl Backend for PostgresBackend {
         // Contended: someone holds it (or the row is not ours to understand). Read it.
         self.ensure_listener();
         self.inner.notifier.saw_held(request.key.as_str());
-        Ok(AcquireOutcome::Held(
-            self.read(&request.key).await?.map(contended).map(Box::new),
-        ))
+        let record = self.read(&request.key).await?;
+        common::outcome_from_record(NAME, &request.holder, record)
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
@@ -466,9 +479,10 @@ impl Backend for PostgresBackend {
         if requests.is_empty() {
             return Vec::new();
         }
-        let names: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
-        let holders: Vec<String> = requests.iter().map(|r| r.holder.to_string()).collect();
-        let ttls: Vec<i64> = requests.iter().map(|r| ttl_ms(r.ttl)).collect();
+        let leases = common::distinct_leases(requests);
+        let names: Vec<&str> = leases.iter().map(|l| l.key).collect();
+        let holders: Vec<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
+        let ttls: Vec<i64> = leases.iter().map(|l| l.ttl_ms).collect();
         self.inner.stats.statement();
         let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
             .bind(&names)
@@ -476,9 +490,9 @@ impl Backend for PostgresBackend {
             .bind(&ttls)
             .fetch_all(&self.inner.pool)
             .await;
-        let renewed: Result<HashSet<(String, String)>, sqlx::Error> = rows.and_then(|rows| {
+        let renewed: Result<HashMap<(String, String), i64>, sqlx::Error> = rows.and_then(|rows| {
             rows.iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
                 .collect()
         });
         match renewed {
@@ -564,16 +578,6 @@ impl Backend for PostgresBackend {
             watch.seen = watch.generation;
         }
         Ok(())
-    }
-}
-
-/// A record read after a contended acquire. If it turned free or expired in between, say it has
-/// no time left, so the protocol retries at once instead of after a full poll interval.
-fn contended(record: LeaseRecord) -> LeaseRecord {
-    if record.state == RecordState::Held {
-        record
-    } else {
-        record.with_expires_in(Duration::ZERO)
     }
 }
 

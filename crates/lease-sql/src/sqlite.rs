@@ -1,6 +1,6 @@
 //! SQLite: one upsert per acquire on SQLite's own clock, batched renewals through `json_each`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lease_core::{
     AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Grant, LeaseKey,
-    LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+    LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -18,7 +18,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{
-    self, DbClass, RawRecord, SqlOptions, Stats, TableName, base_capabilities, granted_ttl, ttl_ms,
+    self, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName, base_capabilities,
+    granted_ttl, ttl_ms,
 };
 
 const NAME: &str = "sqlite";
@@ -99,7 +100,7 @@ impl Statements {
                  \x20   holder_meta = excluded.holder_meta,\n\
                  \x20   ttl_ms = excluded.ttl_ms,\n\
                  \x20   expires_at = excluded.expires_at\n\
-                 WHERE typeof(l.fencing) = 'integer' AND l.fencing >= 0\n\
+                 WHERE typeof(l.fencing) = 'integer' AND l.fencing >= 0 AND l.fencing < {FENCING_MAX}\n\
                  \x20 AND (l.holder IS NULL\n\
                  \x20      OR (typeof(l.expires_at) = 'integer' AND l.expires_at <= excluded.acquired_at)\n\
                  \x20      OR l.holder = excluded.holder)\n\
@@ -119,7 +120,7 @@ impl Statements {
                  \x20            json_extract(value, '$[2]') AS ttl FROM json_each(?1)) AS r\n\
                  WHERE l.name = r.name AND l.holder = r.holder\n\
                  \x20 AND typeof(l.expires_at) = 'integer' AND l.expires_at > {NOW}\n\
-                 RETURNING name, holder"
+                 RETURNING name, holder, ttl_ms"
             ),
             release: format!(
                 "UPDATE {t} SET holder = NULL, holder_meta = NULL, acquired_at = NULL, expires_at = NULL\n\
@@ -305,13 +306,7 @@ impl Backend for SqliteBackend {
             )));
         }
         let record = self.read(&request.key).await?;
-        Ok(AcquireOutcome::Held(record.map(|r| {
-            Box::new(if r.state == RecordState::Held {
-                r
-            } else {
-                r.with_expires_in(Duration::ZERO)
-            })
-        })))
+        common::outcome_from_record(NAME, &request.holder, record)
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
@@ -338,16 +333,15 @@ impl Backend for SqliteBackend {
         if requests.is_empty() {
             return Vec::new();
         }
-        let refs: Vec<&RenewRequest> = requests.iter().collect();
-        let batch = common::json_batch(&refs);
+        let batch = common::json_batch(&common::distinct_leases(requests));
         self.inner.stats.statement();
         let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
             .bind(batch)
             .fetch_all(&self.inner.pool)
             .await;
-        let renewed: Result<HashSet<(String, String)>, sqlx::Error> = rows.and_then(|rows| {
+        let renewed: Result<HashMap<(String, String), i64>, sqlx::Error> = rows.and_then(|rows| {
             rows.iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
                 .collect()
         });
         match renewed {

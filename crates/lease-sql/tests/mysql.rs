@@ -5,12 +5,14 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lease_core::conformance::{Harness, require_env};
+use lease_sql::sqlx::mysql::MySqlPoolOptions;
 use lease_sql::sqlx::{self, AssertSqlSafe};
 use lease_sql::{
-    Backend, ErrorKind, HolderToken, LeaseKey, Locker, MySqlBackend, SqlOptions, TableName,
+    AcquireOutcome, AcquireRequest, Backend, BackendErrorKind, ErrorKind, HolderMetadata,
+    HolderToken, LeaseKey, Locker, MySqlBackend, RenewOutcome, RenewRequest, SqlOptions, TableName,
 };
 use support::unique_table;
 
@@ -234,7 +236,6 @@ async fn connection_killed_mid_acquire_is_resolved() {
 /// statement's reply decoding is the MySQL-specific part).
 #[tokio::test]
 async fn acquire_reply_decoding() {
-    use lease_sql::{AcquireOutcome, AcquireRequest, HolderMetadata};
     let Some(backend) = backend().await else {
         return;
     };
@@ -332,4 +333,345 @@ async fn connect_errors_are_classified_and_never_show_the_password() {
         assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
         assert!(!format!("{err} {err:?}").contains("hunter2"));
     }
+}
+
+fn acquire_request(key: &LeaseKey, holder: HolderToken, ttl: Duration) -> AcquireRequest {
+    AcquireRequest::new(key.clone(), holder, ttl, HolderMetadata::new("t").unwrap())
+}
+
+fn granted_token(outcome: &AcquireOutcome) -> Option<u64> {
+    match outcome {
+        AcquireOutcome::Acquired(grant) => Some(grant.fencing.get()),
+        _ => None,
+    }
+}
+
+/// An audit tool's `BEFORE UPDATE` trigger makes the server report `LAST_INSERT_ID` 0 for the
+/// acquire statement. `migrate` and `connect` refuse such a table by name; a backend built on a
+/// pool anyway never trusts the reply: exclusion and fencing hold.
+#[tokio::test]
+async fn update_trigger_is_refused_and_never_breaks_exclusion() {
+    let Some(url) = url() else { return };
+    let backend = backend_on(&url, unique_table()).await;
+    let t = backend.table().as_str();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TRIGGER `{t}_audit` BEFORE UPDATE ON `{t}` FOR EACH ROW SET @audit = 1"
+    )))
+    .execute(backend.pool())
+    .await
+    .unwrap();
+    let err = backend.migrate().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
+    assert!(err.to_string().contains(&format!("{t}_audit")), "{err}");
+    let err = MySqlBackend::connect_with(
+        &url,
+        SqlOptions::default().with_table(backend.table().clone()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("UPDATE trigger"), "{err}");
+
+    let key = LeaseKey::new(format!("trigger-{}", support::random_suffix())).unwrap();
+    let (a, b) = (HolderToken::generate(), HolderToken::generate());
+    let ttl = Duration::from_millis(800);
+    let first = backend
+        .acquire(&acquire_request(&key, a, ttl))
+        .await
+        .unwrap();
+    assert_eq!(granted_token(&first), Some(1));
+    match backend
+        .acquire(&acquire_request(&key, b, ttl))
+        .await
+        .unwrap()
+    {
+        AcquireOutcome::Held(Some(record)) => assert!(record.is_held_by(&a), "{record:?}"),
+        other => panic!("a held key was granted again: {other:?}"),
+    }
+    let again = backend
+        .acquire(&acquire_request(&key, a, ttl))
+        .await
+        .unwrap();
+    assert_eq!(granted_token(&again), Some(1), "re-acquire keeps the token");
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let taken = backend
+        .acquire(&acquire_request(&key, b, ttl))
+        .await
+        .unwrap();
+    assert_eq!(granted_token(&taken), Some(2), "takeover after expiry");
+    let refused = backend
+        .acquire(&acquire_request(&key, a, ttl))
+        .await
+        .unwrap();
+    assert_eq!(granted_token(&refused), None, "{refused:?}");
+    backend
+        .release(&lease_sql::ReleaseRequest::new(key.clone(), b))
+        .await
+        .unwrap();
+    let next = backend
+        .acquire(&acquire_request(&key, a, ttl))
+        .await
+        .unwrap();
+    assert_eq!(granted_token(&next), Some(3));
+}
+
+/// MariaDB's `max_statement_time` (error 1969) interrupting an acquire stuck behind a row lock is
+/// transient: the lease's deadline bounds the retries, a timeout does not end it.
+#[tokio::test]
+async fn statement_time_limit_is_transient() {
+    let Some(url) = url() else { return };
+    let direct = backend_on(&url, unique_table()).await;
+    let limited = MySqlPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION max_statement_time = 0.2")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let backend = MySqlBackend::from_pool(
+        limited,
+        SqlOptions::default().with_table(direct.table().clone()),
+    );
+    let key = LeaseKey::new(format!("slow-{}", support::random_suffix())).unwrap();
+    let a = HolderToken::generate();
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        granted_token(
+            &direct
+                .acquire(&acquire_request(&key, a, ttl))
+                .await
+                .unwrap()
+        ),
+        Some(1)
+    );
+    let t = direct.table().as_str();
+    let mut blocker = direct.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM `{t}` WHERE name = ? FOR UPDATE"
+    )))
+    .bind(key.as_str())
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let err = backend
+        .acquire(&acquire_request(&key, HolderToken::generate(), ttl))
+        .await
+        .unwrap_err();
+    blocker.rollback().await.unwrap();
+    assert_eq!(err.kind(), BackendErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("1969"), "{err}");
+}
+
+#[tokio::test]
+async fn duplicate_renewals_report_the_stored_ttl() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    support::duplicate_renewals_report_the_stored_ttl(Arc::new(backend)).await;
+}
+
+/// Inserts rows held by `holder` for an hour, one per key, in one statement.
+async fn insert_held(backend: &MySqlBackend, keys: &[String], holder: HolderToken) {
+    let t = backend.table().as_str();
+    let rows: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            format!(
+                "('{key}', '{holder}', 'bulk', 1, 3600000, UTC_TIMESTAMP(6), \
+                 UTC_TIMESTAMP(6) + INTERVAL 1 HOUR)"
+            )
+        })
+        .collect();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "INSERT INTO `{t}` (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at) \
+         VALUES {}",
+        rows.join(",")
+    )))
+    .execute(backend.pool())
+    .await
+    .unwrap();
+}
+
+/// A backend on a one-connection pool whose `innodb_lock_wait_timeout` is 0 (MariaDB: no wait):
+/// a statement that meets a row lock fails at once (1205) instead of waiting for it.
+async fn no_lock_waits(url: &str, table: &TableName) -> MySqlBackend {
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = 0")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    MySqlBackend::from_pool(pool, SqlOptions::default().with_table(table.clone()))
+}
+
+/// Two holders with 10,000 leases each in one table, their keys interleaved (`k/0` is one's,
+/// `k/1` the other's, …), so a batch of one holder covers half the table and every row of the
+/// other lies between its rows in the index.
+///
+/// First, with rows of the other holder locked (a renewal of theirs in flight), the batch renews
+/// on a connection that may not wait for any row lock: it succeeds, so it touches no row but its
+/// own (a batch that scanned the index, as a long `IN` list does, fails here with 1205). Then, while
+/// the batch renews again and again, the other holder's renewals on a no-wait connection never
+/// meet a lock either, and answer quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_renewal_never_blocks_other_holders() {
+    let Some(url) = url() else { return };
+    let backend = backend_on(&url, unique_table()).await;
+    let batch_side = no_lock_waits(&url, backend.table()).await;
+    let other_side = no_lock_waits(&url, backend.table()).await;
+    let (a, b) = (HolderToken::generate(), HolderToken::generate());
+    const N: usize = 10_000;
+    let a_keys: Vec<String> = (0..N).map(|i| format!("k/{}", 2 * i)).collect();
+    let b_keys: Vec<String> = (0..N).map(|i| format!("k/{}", 2 * i + 1)).collect();
+    insert_held(&backend, &a_keys, a).await;
+    insert_held(&backend, &b_keys, b).await;
+    let a_batch: Vec<RenewRequest> = a_keys
+        .iter()
+        .map(|key| RenewRequest::new(LeaseKey::new(key).unwrap(), a, Duration::from_secs(600)))
+        .collect();
+    let all_renewed = |results: &[Result<RenewOutcome, lease_sql::BackendError>]| {
+        let failed: Vec<_> = results
+            .iter()
+            .filter(|r| !matches!(r, Ok(RenewOutcome::Renewed(_))))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} not renewed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    };
+
+    let t = backend.table().as_str();
+    // Fresh statistics, as a table that has lived a while has.
+    sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE TABLE `{t}`")))
+        .execute(backend.pool())
+        .await
+        .unwrap();
+    let mut in_flight = backend.pool().begin().await.unwrap();
+    for key in [&b_keys[0], &b_keys[N / 2], &b_keys[N - 1]] {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM `{t}` WHERE name = ? FOR UPDATE"
+        )))
+        .bind(key)
+        .execute(&mut *in_flight)
+        .await
+        .unwrap();
+    }
+    all_renewed(&batch_side.renew_many(&a_batch).await);
+    in_flight.rollback().await.unwrap();
+
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let batches = tokio::spawn({
+        let running = Arc::clone(&running);
+        async move {
+            let mut took = Vec::new();
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                let start = Instant::now();
+                all_renewed(&batch_side.renew_many(&a_batch).await);
+                took.push(start.elapsed());
+            }
+            took
+        }
+    });
+    let mut waits = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let request = RenewRequest::new(
+            LeaseKey::new(&b_keys[(i * 97) % N]).unwrap(),
+            b,
+            Duration::from_secs(600),
+        );
+        let start = Instant::now();
+        let outcome = other_side.renew(&request).await;
+        waits.push(start.elapsed());
+        assert!(
+            matches!(outcome, Ok(RenewOutcome::Renewed(_))),
+            "the other holder's renew met a row lock: {outcome:?}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let took = batches.await.unwrap();
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    let worst = waits[waits.len() - 1];
+    eprintln!(
+        "batches of {N}: {took:?}; {} renewals of the other holder, median {median:?}, worst {worst:?}",
+        waits.len()
+    );
+    assert!(took.len() >= 2, "the batches did not overlap the renewals");
+    // Lock waits are ruled out above; what is left is CPU time on a shared machine.
+    assert!(
+        median < Duration::from_millis(100),
+        "the other holder's renewals took {median:?} (median)"
+    );
+}
+
+/// Every batch size runs the same statement text: after the first batch, renewing batches of 40
+/// different sizes (some with a lease that is not held, which costs the follow-up SELECT)
+/// prepares nothing new on the connection, so `max_prepared_stmt_count` is never approached.
+#[tokio::test]
+async fn batch_renewal_prepares_a_bounded_number_of_statements() {
+    let Some(url) = url() else { return };
+    let options = SqlOptions::default()
+        .with_table(unique_table())
+        .with_max_connections(1);
+    let backend = MySqlBackend::connect_with(&url, options).await.unwrap();
+    backend.migrate().await.unwrap();
+    let holder = HolderToken::generate();
+    let keys: Vec<String> = (0..64).map(|i| format!("p/{i}")).collect();
+    insert_held(&backend, &keys, holder).await;
+    let request = |i: usize| {
+        RenewRequest::new(
+            LeaseKey::new(format!("p/{i}")).unwrap(),
+            holder,
+            Duration::from_secs(60),
+        )
+    };
+    let prepared = || async {
+        let (_, value): (String, String) =
+            sqlx::query_as("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+                .fetch_one(backend.pool())
+                .await
+                .unwrap();
+        value.parse::<u64>().unwrap()
+    };
+    let stale = RenewRequest::new(
+        LeaseKey::new("p/none").unwrap(),
+        holder,
+        Duration::from_secs(60),
+    );
+    // Warm up: the UPDATE, the follow-up SELECT and the status query itself.
+    backend.renew_many(&[request(0), stale.clone()]).await;
+    prepared().await;
+    let before = prepared().await;
+    for n in 1..=40 {
+        let mut batch: Vec<RenewRequest> = (0..n).map(request).collect();
+        if n % 2 == 0 {
+            batch.push(stale.clone());
+        }
+        let results = backend.renew_many(&batch).await;
+        for (r, result) in batch.iter().zip(&results) {
+            let renewed = matches!(result, Ok(RenewOutcome::Renewed(_)));
+            assert_eq!(renewed, r.key.as_str() != "p/none", "{result:?}");
+        }
+    }
+    let after = prepared().await;
+    eprintln!("statements prepared for 40 batch sizes: {}", after - before);
+    assert_eq!(after - before, 0, "a batch size prepared a new statement");
 }

@@ -319,6 +319,98 @@ async fn release_notifies_a_waiter_on_another_connection() {
 }
 
 #[tokio::test]
+async fn duplicate_renewals_report_the_stored_ttl() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    support::duplicate_renewals_report_the_stored_ttl(Arc::new(backend)).await;
+}
+
+/// A server in read-only mode (a primary being demoted during a failover) answers 25006: that is
+/// transient, so the lease lives on until its deadline while the client finds the new primary.
+#[tokio::test]
+async fn read_only_server_is_transient() {
+    let Some(url) = url() else { return };
+    let direct = backend_on(&url, unique_table()).await;
+    let read_only = PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET default_transaction_read_only = on")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let backend = PostgresBackend::from_pool(
+        read_only,
+        SqlOptions::default().with_table(direct.table().clone()),
+    );
+    let request = lease_sql::AcquireRequest::new(
+        LeaseKey::new("read-only").unwrap(),
+        HolderToken::generate(),
+        Duration::from_secs(5),
+        lease_sql::HolderMetadata::new("t").unwrap(),
+    );
+    let err = backend.acquire(&request).await.unwrap_err();
+    assert_eq!(err.kind(), lease_sql::BackendErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("read-only"), "{err}");
+}
+
+/// `LISTEN` keeps its connection for good, so it must not take it from the operations pool:
+/// with a pool of one, operations still run while a waiter listens, and the holder keeps its
+/// lease.
+#[tokio::test]
+async fn listen_does_not_take_the_only_pooled_connection() {
+    let Some(url) = url() else { return };
+    let options = SqlOptions::default()
+        .with_table(unique_table())
+        .with_max_connections(1)
+        .with_acquire_timeout(Duration::from_secs(1));
+    let backend = PostgresBackend::connect_with(&url, options).await.unwrap();
+    backend.migrate().await.unwrap();
+    let key = LeaseKey::new(format!("listen-{}", support::random_suffix())).unwrap();
+    let holder = Locker::builder(backend.clone())
+        .ttl(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let lease = holder.try_acquire(&key).await.unwrap().expect("free");
+    // A contended acquire and a wait start the listener.
+    assert!(
+        Locker::new(backend.clone())
+            .try_acquire(&key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    backend
+        .wait_for_change(&key, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let (backend, key) = (backend.clone(), key.clone());
+        async move { backend.wait_for_change(&key, Duration::from_secs(30)).await }
+    });
+    for _ in 0..5 {
+        let record = backend.inspect(&key).await.expect("a pooled connection");
+        assert!(record.unwrap().is_held_by(&lease.holder_token()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Renewals (every TTL/3) kept going on the one pooled connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(lease.is_held(), "the holder lost its lease");
+    lease.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the release woke the waiter")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn ten_thousand_leases_renew_with_one_statement_per_interval() {
     let Some(url) = url() else { return };
     let options = SqlOptions::default()

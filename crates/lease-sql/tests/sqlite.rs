@@ -129,13 +129,15 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
         ('text-fencing', NULL, NULL, 'seven', NULL, NULL, NULL),
         ('real-fencing', NULL, NULL, 7.5, NULL, NULL, NULL),
         ('negative-fencing', NULL, NULL, -7, NULL, NULL, NULL),
-        ('negative-ttl', '{valid}', 'x', 5, -5, 0, {far})"
+        ('negative-ttl', '{valid}', 'x', 5, -5, 0, {far}),
+        ('exhausted-fencing', NULL, NULL, 9223372036854775807, NULL, NULL, NULL)"
     )))
     .execute(backend.pool())
     .await
     .unwrap();
+    let shared: Arc<dyn Backend> = Arc::new(backend.clone());
     support::assert_foreign_rows_are_corrupt(
-        Arc::new(backend.clone()),
+        Arc::clone(&shared),
         &[
             "garbage-holder",
             "integer-holder",
@@ -148,6 +150,7 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
         ],
     )
     .await;
+    support::assert_exhausted_counter_is_corrupt(shared, "exhausted-fencing").await;
     let fencing: String = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT fencing FROM {t} WHERE name = 'text-fencing'"
     )))
@@ -187,6 +190,11 @@ async fn lock_contention_is_transient_never_held() {
         1,
         "the failed attempt minted a token"
     );
+}
+
+#[tokio::test]
+async fn duplicate_renewals_report_the_stored_ttl() {
+    support::duplicate_renewals_report_the_stored_ttl(Arc::new(backend().await)).await;
 }
 
 #[tokio::test]

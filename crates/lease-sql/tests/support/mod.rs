@@ -345,3 +345,48 @@ pub async fn assert_exhausted_counter_is_corrupt(backend: Arc<dyn Backend>, name
     assert_eq!(record.state, RecordState::Free);
     assert_eq!(record.fencing.get(), i64::MAX as u64);
 }
+
+/// `renew_many` asked to renew the same grant twice with different TTLs: the grant is renewed,
+/// and both answers report the one TTL the store now holds (never two different ones).
+pub async fn duplicate_renewals_report_the_stored_ttl(backend: Arc<dyn Backend>) {
+    let key = LeaseKey::new(format!("dup-{}", random_suffix())).unwrap();
+    let holder = HolderToken::generate();
+    let request = AcquireRequest::new(
+        key.clone(),
+        holder,
+        Duration::from_secs(30),
+        lease_sql::HolderMetadata::new("dup").unwrap(),
+    );
+    assert!(matches!(
+        backend.acquire(&request).await,
+        Ok(AcquireOutcome::Acquired(_))
+    ));
+    let stranger = LeaseKey::new(format!("dup-none-{}", random_suffix())).unwrap();
+    let results = backend
+        .renew_many(&[
+            RenewRequest::new(key.clone(), holder, Duration::from_secs(20)),
+            RenewRequest::new(stranger, holder, Duration::from_secs(20)),
+            RenewRequest::new(key.clone(), holder, Duration::from_secs(40)),
+        ])
+        .await;
+    let granted: Vec<Duration> = [&results[0], &results[2]]
+        .iter()
+        .map(|r| match r {
+            Ok(RenewOutcome::Renewed(ttl)) => *ttl,
+            other => panic!("expected Renewed, got {other:?}"),
+        })
+        .collect();
+    assert!(
+        matches!(results[1], Ok(RenewOutcome::NotHeld)),
+        "{results:?}"
+    );
+    assert_eq!(granted[0], granted[1], "one grant, two different TTLs");
+    let record = backend.inspect(&key).await.unwrap().unwrap();
+    assert_eq!(record.ttl, Some(granted[0]), "{record:?}");
+    let left = record.expires_in.unwrap();
+    assert!(
+        left <= granted[0] && left + Duration::from_secs(5) > granted[0],
+        "stored expiry {left:?} does not follow the reported TTL {:?}",
+        granted[0]
+    );
+}
