@@ -236,6 +236,15 @@ pub(crate) fn base_capabilities() -> lease_core::Capabilities {
     .with_takeover_tolerance(Duration::from_millis(100))
 }
 
+/// A requested TTL as stored in `ttl_ms`, or the typed refusal of one outside
+/// [`base_capabilities`]' range (1 ms … 365 days).
+pub(crate) fn checked_ttl(backend: &'static str, ttl: Duration) -> Result<i64, BackendError> {
+    base_capabilities()
+        .check_ttl(ttl)
+        .map_err(|e| BackendError::invalid_input(backend, e))?;
+    Ok(ttl_ms(ttl))
+}
+
 /// A TTL as whole milliseconds (rounded down; at least 1), the unit stored in `ttl_ms`.
 pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -492,12 +501,16 @@ pub(crate) struct BatchLease<'a> {
 }
 
 /// The distinct leases of a `renew_many` call. A pair asked for twice is renewed once, with the
-/// TTL of its last request, and every request for it reports the TTL that was stored.
+/// TTL of its last request, and every request for it reports the TTL that was stored. Requests
+/// with a TTL out of range are left out (and answered with an error by [`renew_results`]).
 pub(crate) fn distinct_leases(requests: &[lease_core::RenewRequest]) -> Vec<BatchLease<'_>> {
     let mut index: std::collections::HashMap<(&str, lease_core::HolderToken), usize> =
         std::collections::HashMap::with_capacity(requests.len());
     let mut out: Vec<BatchLease<'_>> = Vec::with_capacity(requests.len());
-    for r in requests {
+    for r in requests
+        .iter()
+        .filter(|r| base_capabilities().check_ttl(r.ttl).is_ok())
+    {
         match index.entry((r.key.as_str(), r.holder)) {
             std::collections::hash_map::Entry::Occupied(e) => out[*e.get()].ttl_ms = ttl_ms(r.ttl),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -550,19 +563,23 @@ pub(crate) fn json_batch(leases: &[BatchLease<'_>]) -> String {
 /// Maps per-request renewal results from the `(name, holder)` pairs the database renewed and the
 /// TTL (ms) each now has stored.
 pub(crate) fn renew_results(
+    backend: &'static str,
     requests: &[lease_core::RenewRequest],
     renewed: &std::collections::HashMap<(String, String), i64>,
 ) -> Vec<Result<lease_core::RenewOutcome, BackendError>> {
     requests
         .iter()
-        .map(
-            |r| match renewed.get(&(r.key.as_str().to_owned(), r.holder.to_string())) {
-                Some(&ms) => Ok(lease_core::RenewOutcome::Renewed(Duration::from_millis(
-                    u64::try_from(ms).unwrap_or(0),
-                ))),
-                None => Ok(lease_core::RenewOutcome::NotHeld),
-            },
-        )
+        .map(|r| {
+            checked_ttl(backend, r.ttl)?;
+            Ok(
+                match renewed.get(&(r.key.as_str().to_owned(), r.holder.to_string())) {
+                    Some(&ms) => lease_core::RenewOutcome::Renewed(Duration::from_millis(
+                        u64::try_from(ms).unwrap_or(0),
+                    )),
+                    None => lease_core::RenewOutcome::NotHeld,
+                },
+            )
+        })
         .collect()
 }
 

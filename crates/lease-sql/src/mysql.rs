@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{
     self, BatchLease, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName,
-    base_capabilities, ttl_ms,
+    base_capabilities,
 };
 
 const NAME: &str = "mysql";
@@ -357,7 +357,7 @@ impl Backend for MySqlBackend {
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
         self.inner.stats.statement();
-        let ttl = ttl_ms(request.ttl);
+        let ttl = common::checked_ttl(NAME, request.ttl)?;
         let done = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
             .bind(request.key.as_str())
             .bind(request.holder.to_string())
@@ -401,7 +401,7 @@ impl Backend for MySqlBackend {
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
         self.inner.stats.statement();
-        let ttl = ttl_ms(request.ttl);
+        let ttl = common::checked_ttl(NAME, request.ttl)?;
         let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
             .bind(ttl)
             .bind(ttl * 1000)
@@ -434,7 +434,7 @@ impl Backend for MySqlBackend {
                 }
             }
         }
-        common::renew_results(requests, &renewed)
+        common::renew_results(NAME, requests, &renewed)
     }
 
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {

@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{
     self, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName, base_capabilities,
-    granted_ttl, ttl_ms,
+    granted_ttl,
 };
 
 const NAME: &str = "sqlite";
@@ -288,7 +288,7 @@ impl Backend for SqliteBackend {
 
     async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
         self.inner.stats.statement();
-        let ttl = ttl_ms(request.ttl);
+        let ttl = common::checked_ttl(NAME, request.ttl)?;
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
             .bind(request.key.as_str())
             .bind(request.holder.to_string())
@@ -311,7 +311,7 @@ impl Backend for SqliteBackend {
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
         self.inner.stats.statement();
-        let ttl = ttl_ms(request.ttl);
+        let ttl = common::checked_ttl(NAME, request.ttl)?;
         let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
             .bind(request.key.as_str())
             .bind(request.holder.to_string())
@@ -345,7 +345,7 @@ impl Backend for SqliteBackend {
                 .collect()
         });
         match renewed {
-            Ok(renewed) => common::renew_results(requests, &renewed),
+            Ok(renewed) => common::renew_results(NAME, requests, &renewed),
             Err(e) => {
                 let e = classify("renew_many", e);
                 requests
