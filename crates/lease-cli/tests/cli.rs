@@ -1173,3 +1173,77 @@ fn elect_stops_the_command_on_lost_leadership_and_campaigns_again() {
     assert_eq!(lines[1], "term 1", "{lines:?}");
     assert_eq!(lines[2], "lead 2", "{lines:?}");
 }
+
+/// On a terminal, the waiting line fits the width with the token and expiry whole, is refreshed
+/// in place, and is erased when Ctrl-C ends the wait (run under `script`, which gives `lease` a
+/// pseudo-terminal).
+#[test]
+fn the_waiting_line_fits_and_is_cleared_on_ctrl_c() {
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "util-linux `script` is needed for this test"
+        );
+        eprintln!("SKIPPED: no `script` command; this test did not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("tty");
+    let ready = dir.path().join("ready");
+    let script = format!("echo up > '{}'; exec sleep 30", ready.display());
+    let long_holder = "a-very-long-holder-name-on-a-build-machine.example.internal pid=1234";
+    let mut holder = lease(dir.path())
+        .args([
+            "--store",
+            &store,
+            "exec",
+            &name,
+            "--holder",
+            long_holder,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let pid_file = dir.path().join("waiter.pid");
+    let inner = format!(
+        "sh -c 'echo $$ > {pid}; stty cols 80; exec {lease} --store {store} exec {name} -- true'",
+        pid = pid_file.display(),
+        lease = env!("CARGO_BIN_EXE_lease"),
+    );
+    let session = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = wait_for_file(&pid_file, Duration::from_secs(10));
+    // The line appears after 300 ms and is refreshed every second: let it be drawn twice.
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(pid.trim().parse().unwrap(), "-INT");
+    let out = session.wait_with_output().unwrap();
+    signal(holder.id(), "-TERM");
+    wait_with_limit(&mut holder, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames: Vec<&str> = text.split("\r\x1b[2K").filter(|f| !f.is_empty()).collect();
+    assert!(frames.len() >= 2, "{text:?}");
+    let (last, drawn) = frames.split_last().unwrap();
+    for frame in drawn {
+        assert!(frame.chars().count() < 80, "{frame:?}");
+        assert!(frame.starts_with("lease: waiting "), "{frame:?}");
+        assert!(frame.contains("held by a-very-long"), "{frame:?}");
+        let tail = frame
+            .rsplit_once(", fencing token 1, expires in ~")
+            .map(|(_, t)| t);
+        assert!(
+            tail.is_some_and(|t| t.ends_with('s') && t[..t.len() - 1].parse::<u32>().is_ok()),
+            "{frame:?}"
+        );
+    }
+    // Erased before the last message: nothing of the line is left on the screen.
+    assert!(last.starts_with("lease: interrupted by SIGINT"), "{text:?}");
+}
