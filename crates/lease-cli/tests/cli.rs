@@ -4,105 +4,20 @@
 //! / `LEASE_TEST_MYSQL_URL` are set (`cargo xtask test` sets them); with `LEASE_TEST_REQUIRE=1` a
 //! missing variable fails the test instead of skipping it.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::*;
 
 const USAGE: i32 = 64;
 const UNAVAILABLE: i32 = 69;
 const HELD: i32 = 73;
 const TIMEOUT: i32 = 74;
 const LOST: i32 = 75;
-
-/// A lease name no other test (or earlier run on a shared server) uses.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "test-{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// The binary with a clean environment: no LEASE_STORE, and a private state directory.
-fn lease(state: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lease"));
-    cmd.env_remove("LEASE_STORE")
-        .env_remove("LEASE_LOG")
-        .env("XDG_STATE_HOME", state.join("xdg"))
-        .env("HOME", state.join("home"))
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn sqlite_url(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("leases.db").display())
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("run lease")
-}
-
-fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until `path` exists and is not empty.
-fn wait_for_file(path: &Path, limit: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && text.ends_with('\n')
-        {
-            return text;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{} did not appear within {limit:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits for a child with a limit, killing it if it overruns.
-fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Kills a leftover process group (a command whose `lease` was SIGKILLed keeps running).
-fn kill_group(pgid: &str) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", pgid.trim())])
-        .status();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Mutual exclusion and fencing across processes, per store.
@@ -193,124 +108,14 @@ fn eight_concurrent_execs_on_mariadb_never_overlap() {
 // ---------------------------------------------------------------------------------------------
 // Expiry, loss and signals.
 
-/// The process group of `pid` (field 5 of /proc/PID/stat, after the parenthesised name).
-fn pgid_of(pid: &str) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
-    let after_name = stat.rsplit_once(')').unwrap().1;
-    after_name.split_whitespace().nth(2).unwrap().to_owned()
-}
-
-/// Processes of group `pgid` that are still alive (zombies waiting to be reaped do not count).
-fn live_members(pgid: &str) -> Vec<String> {
-    let mut live = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(2) == Some(&pgid)
-            && fields.first() != Some(&"Z")
-            && fields.first() != Some(&"X")
-        {
-            live.push(stat);
-        }
-    }
-    live
-}
-
-/// `lease` SIGKILLed while its command runs a shell with working grandchildren: within 1 s nothing
-/// of the command's process group is left, and the next holder, after the TTL, never overlaps the
-/// first one's work (the journal has no line of the first holder after the second one starts).
-fn sigkill_of_lease_kills_the_command_group(store: &str, dir: &Path) {
-    let name = unique("sigkill");
-    let info = dir.join(format!("{name}.pid"));
-    let journal = dir.join(format!("{name}.journal"));
-    let script = format!(
-        "echo \"start $LEASE_FENCING_TOKEN\" >> '{j}'; \
-         (while :; do echo \"work $LEASE_FENCING_TOKEN\" >> '{j}'; sleep 0.02; done) & \
-         sleep 30 & echo $$ > '{info}'; wait",
-        j = journal.display(),
-        info = info.display()
-    );
-    let mut first = lease(dir)
-        .args([
-            "--store", store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &script,
-        ])
-        .spawn()
-        .unwrap();
-    let pgid = pgid_of(&wait_for_file(&info, Duration::from_secs(10)));
-    assert!(!live_members(&pgid).is_empty());
-    // Let it renew at least once, so the takeover waits for a renewed grant to run out.
-    std::thread::sleep(Duration::from_millis(800));
-    first.kill().unwrap(); // SIGKILL: lease can neither release nor signal anything.
-    let killed = Instant::now();
-    first.wait().unwrap();
-    while !live_members(&pgid).is_empty() {
-        if killed.elapsed() > Duration::from_secs(1) {
-            kill_group(&pgid);
-            panic!(
-                "the command outlived lease by 1 s: {:?}",
-                live_members(&pgid)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let second = format!(
-        "echo \"start $LEASE_FENCING_TOKEN\" >> '{j}'; sleep 0.3; echo \"end $LEASE_FENCING_TOKEN\" >> '{j}'",
-        j = journal.display()
-    );
-    let out = run(lease(dir).args([
-        "--store", store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &second,
-    ]));
-    let waited = killed.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&journal).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let first_token = lines[0].strip_prefix("start ").expect(&text);
-    let second_start = lines.iter().rposition(|l| l.starts_with("start ")).unwrap();
-    assert!(second_start > 0, "{text}");
-    let second_token = lines[second_start].strip_prefix("start ").unwrap();
-    assert!(
-        second_token.parse::<u64>().unwrap() > first_token.parse::<u64>().unwrap(),
-        "{text}"
-    );
-    assert!(
-        lines[second_start..]
-            .iter()
-            .all(|l| !l.starts_with("work ")),
-        "the first holder's work went on under the second holder:\n{text}"
-    );
-    assert_eq!(
-        lines.last(),
-        Some(&format!("end {second_token}").as_str()),
-        "{text}"
-    );
-    // The last renewal was at most a renew interval (ttl/3) before the kill.
-    assert!(
-        waited >= Duration::from_millis(1200),
-        "taken over too early: {waited:?}"
-    );
-    assert!(
-        waited < Duration::from_secs(15),
-        "took too long: {waited:?}"
-    );
-}
-
 #[test]
 fn sigkill_of_lease_kills_the_command_group_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    sigkill_of_lease_kills_the_command_group(&sqlite_url(dir.path()), dir.path());
+    sigkill_of_lease_kills_the_command_group(
+        || lease(dir.path()),
+        &sqlite_url(dir.path()),
+        dir.path(),
+    );
 }
 
 #[test]
@@ -319,7 +124,7 @@ fn sigkill_of_lease_kills_the_command_group_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    sigkill_of_lease_kills_the_command_group(&url, dir.path());
+    sigkill_of_lease_kills_the_command_group(|| lease(dir.path()), &url, dir.path());
 }
 
 #[test]
@@ -328,7 +133,7 @@ fn sigkill_of_lease_kills_the_command_group_on_mariadb() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    sigkill_of_lease_kills_the_command_group(&url, dir.path());
+    sigkill_of_lease_kills_the_command_group(|| lease(dir.path()), &url, dir.path());
 }
 
 /// Background processes the command leaves behind are killed before the lease is released: the
@@ -746,6 +551,15 @@ fn a_closed_stdout_ends_quietly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A closed stderr: the error has nowhere to go, and that is no reason to panic.
+    let mut child = lease(dir.path())
+        .args(["--store", "redis://nowhere", "status", "job"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(USAGE));
     // `lease demo | head -1`: several tasks write.
     let mut child = lease(dir.path())
         .args(["--store", "memory://", "demo", "--hold", "20ms"])
