@@ -80,7 +80,7 @@ pub(crate) const BACKENDS: &[Backend] = &[
         test: None,
         bench: None,
         needs: &[Server::Sqlite],
-        optional: &[Server::Postgres, Server::Mysql],
+        optional: &[Server::Postgres, Server::Mysql, Server::Azurite],
     },
     Backend {
         name: "azure",

@@ -115,7 +115,9 @@ impl AzureBlobBuilder {
     /// - `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX][?SAS]`
     /// - `http://127.0.0.1:10000/ACCOUNT/CONTAINER[/PREFIX]` (path-style, as Azurite serves)
     ///
-    /// An endpoint set before is kept for `azblob://` URLs.
+    /// An endpoint set before is kept for `azblob://` URLs, unless the URL has an `endpoint=`
+    /// query parameter (`azblob://devstoreaccount1/locks?endpoint=http://127.0.0.1:10000/devstoreaccount1`).
+    /// Other query parameters are taken as a SAS token.
     ///
     /// # Errors
     /// An [`InvalidInput`] (field `azure url`) for anything else.
@@ -162,8 +164,27 @@ impl AzureBlobBuilder {
         let Some((container, prefix)) = rest.split_first() else {
             return Err(bad("the URL names no container"));
         };
-        if let Some(query) = parsed.query().filter(|q| !q.is_empty()) {
-            self.sas = Some(query.to_owned());
+        // The query is a SAS token; on azblob:// URLs `endpoint=` may point at Azurite instead.
+        let mut sas_pairs = Vec::new();
+        for pair in parsed
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some(("endpoint", value)) if parsed.scheme() == "azblob" => {
+                    let endpoint = url::form_urlencoded::parse(format!("e={value}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    self.endpoint = Some(endpoint);
+                }
+                _ => sas_pairs.push(pair),
+            }
+        }
+        if !sas_pairs.is_empty() {
+            self.sas = Some(sas_pairs.join("&"));
         }
         self.account = Some(account);
         self.container = Some(container.clone());
@@ -537,6 +558,21 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(plain.prefix(), "");
+        let local = AzureBlobBuilder::new()
+            .with_url(
+                "azblob://devstoreaccount1/locks?endpoint=http://127.0.0.1:10000/devstoreaccount1",
+            )
+            .unwrap()
+            .with_access_key(AZURITE_ACCOUNT_KEY)
+            .build()
+            .unwrap();
+        assert!(
+            local
+                .container
+                .url()
+                .as_str()
+                .starts_with("http://127.0.0.1:10000/devstoreaccount1/locks")
+        );
     }
 
     #[test]

@@ -21,8 +21,12 @@ pub(crate) enum Store {
     Postgres,
     /// A MySQL or MariaDB database (the URL is passed to the driver as written).
     Mysql,
-    /// Azure Blob Storage leases on blobs in `container` of `account`.
-    AzBlob { account: String, container: String },
+    /// Azure Blob Storage leases on blobs in `container` of `account`, named `prefix/KEY`.
+    AzBlob {
+        account: String,
+        container: String,
+        prefix: String,
+    },
     /// An object-store bucket or container, with an optional key prefix.
     Bucket {
         scheme: &'static str,
@@ -105,8 +109,11 @@ impl StoreUrl {
                 Store::Mysql
             }
             "azblob" => {
-                let (account, container) = two_segments(before_query)
-                    .ok_or_else(|| bad("expected azblob://ACCOUNT/CONTAINER"))?;
+                let (account, path) = before_query.split_once('/').unwrap_or((before_query, ""));
+                let (container, prefix) = path.split_once('/').unwrap_or((path, ""));
+                if account.is_empty() || container.is_empty() {
+                    return Err(bad("expected azblob://ACCOUNT/CONTAINER[/PREFIX]"));
+                }
                 if account.contains('@') || account.contains(':') {
                     return Err(bad(
                         "put the account key in AZURE_STORAGE_KEY (or a SAS in AZURE_STORAGE_SAS_TOKEN), not in the URL's host",
@@ -115,6 +122,7 @@ impl StoreUrl {
                 Store::AzBlob {
                     account: account.to_owned(),
                     container: container.to_owned(),
+                    prefix: prefix.trim_matches('/').to_owned(),
                 }
             }
             "s3" | "gs" | "az" => {
@@ -220,11 +228,6 @@ fn check_authority(rest: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn two_segments(path: &str) -> Option<(&str, &str)> {
-    let (a, b) = path.trim_end_matches('/').split_once('/')?;
-    (!a.is_empty() && !b.is_empty() && !b.contains('/')).then_some((a, b))
 }
 
 /// Whether a query parameter with this name carries a secret.
@@ -368,13 +371,29 @@ pub(crate) async fn connect(url: &StoreUrl, access: Access) -> Result<Arc<dyn Ba
         Store::Sqlite { path } => sql::sqlite(url, path, access).await,
         Store::Postgres => sql::postgres(url, access).await,
         Store::Mysql => sql::mysql(url, access).await,
-        Store::AzBlob { .. } | Store::Bucket { .. } | Store::File { .. } => {
-            Err(CliError::usage(format!(
-                "scheme {}:// is recognised but its backend is not built yet",
-                url.scheme()
-            )))
-        }
+        // Azure creates nothing for read-only commands: only acquire creates the container.
+        Store::AzBlob { .. } => azure(url),
+        Store::Bucket { .. } | Store::File { .. } => Err(CliError::usage(format!(
+            "scheme {}:// is recognised but its backend is not built yet",
+            url.scheme()
+        ))),
     }
+}
+
+/// `azblob://ACCOUNT/CONTAINER[/PREFIX]`, credentials from the environment as the Azure CLI reads
+/// them (`AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_KEY` / `AZURE_STORAGE_SAS_TOKEN`), the
+/// endpoint from `LEASE_AZURE_BLOB_ENDPOINT` or an `endpoint=` query parameter (Azurite).
+fn azure(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    let backend = lease_azure::AzureBlobBackend::from_url(url.raw()).map_err(|e| {
+        let mut err = CliError::from_lease(&e.into());
+        err.message = url.scrub(&format!(
+            "cannot use store {}: {}",
+            url.redacted(),
+            err.message
+        ));
+        err
+    })?;
+    Ok(Arc::new(backend))
 }
 
 /// A library error from `store`, as one line. A SQL lease table that does not exist (only
@@ -703,7 +722,16 @@ mod tests {
             ),
             Store::AzBlob {
                 account: "devstoreaccount1".into(),
-                container: "leases".into()
+                container: "leases".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            parse("azblob://acct/leases/team/a/"),
+            Store::AzBlob {
+                account: "acct".into(),
+                container: "leases".into(),
+                prefix: "team/a".into()
             }
         );
         assert!(
@@ -865,13 +893,7 @@ mod tests {
 
     #[tokio::test]
     async fn unbuilt_schemes_say_so() {
-        for url in [
-            "s3://b/p",
-            "gs://b",
-            "az://c",
-            "file:///tmp/x",
-            "azblob://a/c",
-        ] {
+        for url in ["s3://b/p", "gs://b", "az://c", "file:///tmp/x"] {
             let parsed = StoreUrl::parse(url).unwrap();
             let e = connect(&parsed, Access::ReadOnly).await.expect_err(url);
             assert_eq!(e.code, exit::USAGE);
