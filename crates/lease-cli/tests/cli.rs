@@ -452,7 +452,6 @@ fn recognised_but_unbuilt_schemes_say_so() {
         "gs://bucket",
         "az://container/p",
         "file:///tmp/leases",
-        "azblob://acct/leases",
     ] {
         assert_usage_error(
             &["--store", url, "status", "x"],
