@@ -515,3 +515,23 @@ async fn kit_requires_an_observed_expiry_backend_to_declare_its_rule() {
         .unwrap_err();
     assert!(failure.message.contains("ObservationRule"), "{failure}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
+    let (store, first_process, cold) = two_processes();
+    let k = key("released-elsewhere");
+    let holder = HolderToken::generate();
+    granted(&first_process, &k, holder).await;
+    first_process
+        .release(&ReleaseRequest::new(k.clone(), holder))
+        .await
+        .unwrap();
+    // The cold instance does not know the key exists: its create conflicts, it reads the free
+    // lease and takes it, all in one acquire (create + read + update).
+    let before = store.calls().total();
+    assert_eq!(
+        granted(&cold, &k, HolderToken::generate()).await,
+        FencingToken::new(2)
+    );
+    assert_eq!(store.calls().total() - before, 3);
+}

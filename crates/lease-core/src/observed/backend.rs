@@ -371,9 +371,17 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
         self.check_ttl(request.ttl)?;
         let key = &request.key;
         if !self.known_to_exist(key) {
-            // A fresh key costs one request.
+            // A fresh key costs one request. If the object exists, read it and decide below (it
+            // may be free, or ours).
             let first = self.new_grant(request, FencingToken::new(1), 1);
-            return self.write_grant(request, None, first).await;
+            match self.store.create(key, &first).await? {
+                WriteOutcome::Written(version) => {
+                    let grant = Grant::new(first.fencing, request.ttl);
+                    self.remember_own(key, request.holder, version, first);
+                    return Ok(AcquireOutcome::Acquired(grant));
+                }
+                WriteOutcome::Conflict => self.with_key(key, |state| state.exists = true),
+            }
         }
         let observed = self.read(key).await?;
         let (version, current) = match observed.outcome {

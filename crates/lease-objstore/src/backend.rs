@@ -1,0 +1,279 @@
+//! The [`ConditionalStore`] over an `object_store` store, and [`ObjectStoreBackend`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lease_core::observed::{
+    ConditionalStore, ObservationRule, ObservedExpiryBackend, ReadOutcome, StoredLease,
+    WriteOutcome,
+};
+use lease_core::{
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, LeaseKey, LeaseRecord,
+    ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+};
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::document::{self, MAX_DOCUMENT_BYTES};
+use crate::error::{WriteFailure, classify, classify_write};
+
+/// Lease objects under a prefix of an `object_store` store: one attempt of one request per call.
+#[derive(Clone)]
+pub struct ObjectStoreLeases {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    name: &'static str,
+}
+
+impl fmt::Debug for ObjectStoreLeases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // object_store's stores print their configuration with credentials redacted.
+        f.debug_struct("ObjectStoreLeases")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix.as_ref())
+            .finish()
+    }
+}
+
+impl ObjectStoreLeases {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, prefix: Path, name: &'static str) -> Self {
+        Self {
+            store,
+            prefix,
+            name,
+        }
+    }
+
+    /// The object that holds `key`'s lease: `prefix/key`.
+    pub fn path(&self, key: &LeaseKey) -> Path {
+        // Key characters are all valid path characters and keys have no empty, `.` or `..`
+        // segments, so every key maps to exactly one object and back.
+        self.prefix
+            .parts()
+            .chain(Path::from(key.as_str()).parts())
+            .collect()
+    }
+
+    /// The key of the object at `path`, if it is under the prefix and a valid key.
+    fn key_of(&self, path: &Path) -> Option<LeaseKey> {
+        let rest: Vec<_> = path.prefix_match(&self.prefix)?.collect();
+        let joined = rest
+            .iter()
+            .map(|p| p.as_ref())
+            .collect::<Vec<_>>()
+            .join("/");
+        LeaseKey::new(joined).ok()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The prefix keys live under.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    fn corrupt(&self, path: &Path, why: impl fmt::Display) -> BackendError {
+        BackendError::corrupt_record(
+            self.name,
+            format!("object {path} is not a lease document: {why}"),
+        )
+    }
+
+    async fn read_path(&self, path: &Path) -> Result<ReadOutcome<UpdateVersion>, BackendError> {
+        let result = match self.store.get_opts(path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(ReadOutcome::Absent),
+            Err(e) => return Err(classify(self.name, &e)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        if result.meta.size > MAX_DOCUMENT_BYTES {
+            // Dropping the body unread: a huge object is never downloaded.
+            let error = self.corrupt(path, document::too_large(result.meta.size));
+            return Ok(ReadOutcome::Corrupt { version, error });
+        }
+        let bytes = result.bytes().await.map_err(|e| classify(self.name, &e))?;
+        Ok(match document::decode(&bytes) {
+            Ok(lease) => ReadOutcome::Found { version, lease },
+            Err(why) => ReadOutcome::Corrupt {
+                version,
+                error: self.corrupt(path, why),
+            },
+        })
+    }
+
+    async fn put(
+        &self,
+        key: &LeaseKey,
+        mode: PutMode,
+        lease: &StoredLease,
+    ) -> Result<WriteOutcome<UpdateVersion>, BackendError> {
+        let create = matches!(mode, PutMode::Create);
+        if self.name == "local-files" {
+            // LocalFileSystem can create but not update conditionally: refuse before writing
+            // anything, so no lease is granted that could never be renewed or released safely.
+            return Err(BackendError::fatal(
+                self.name,
+                "the local file store cannot hold leases: it has no conditional update \
+                 (PutMode::Update); use sqlite:// for a local lease store",
+            ));
+        }
+        let payload = PutPayload::from(document::encode(lease));
+        let options = PutOptions::from(mode);
+        match self.store.put_opts(&self.path(key), payload, options).await {
+            Ok(result) => Ok(WriteOutcome::Written(UpdateVersion {
+                e_tag: result.e_tag,
+                version: result.version,
+            })),
+            Err(e) => match classify_write(self.name, &e, create) {
+                WriteFailure::Conflict => Ok(WriteOutcome::Conflict),
+                WriteFailure::Failed(error) => Err(error),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl ConditionalStore for ObjectStoreLeases {
+    type Version = UpdateVersion;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn ttl_range(&self) -> (Duration, Duration) {
+        // Whole milliseconds are stored; a day is far beyond any sensible lease.
+        (Duration::from_millis(100), Duration::from_secs(24 * 3600))
+    }
+
+    async fn read(&self, key: &LeaseKey) -> Result<ReadOutcome<UpdateVersion>, BackendError> {
+        self.read_path(&self.path(key)).await
+    }
+
+    async fn create(
+        &self,
+        key: &LeaseKey,
+        lease: &StoredLease,
+    ) -> Result<WriteOutcome<UpdateVersion>, BackendError> {
+        self.put(key, PutMode::Create, lease).await
+    }
+
+    async fn update(
+        &self,
+        key: &LeaseKey,
+        expected: &UpdateVersion,
+        lease: &StoredLease,
+    ) -> Result<WriteOutcome<UpdateVersion>, BackendError> {
+        if expected.e_tag.is_none() && expected.version.is_none() {
+            return Err(BackendError::fatal(
+                self.name,
+                "the store returned neither an ETag nor a version: conditional updates are impossible",
+            ));
+        }
+        self.put(key, PutMode::Update(expected.clone()), lease)
+            .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(LeaseKey, ReadOutcome<UpdateVersion>)>, BackendError> {
+        let mut listing = self.store.list(Some(&self.prefix));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| classify(self.name, &e))?;
+            let Some(key) = self.key_of(&meta.location) else {
+                // An object whose name is not a key (not ours): we list leases only.
+                tracing::debug!(object = %meta.location, "not a lease key; skipped");
+                continue;
+            };
+            if key.as_str().starts_with(prefix) {
+                found.push(key);
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for key in found {
+            let outcome = self.read(&key).await?;
+            out.push((key, outcome));
+        }
+        Ok(out)
+    }
+}
+
+/// Leases on an object store: [`ObservedExpiryBackend`] over [`ObjectStoreLeases`].
+///
+/// Built with [`ObjectStoreBackend::new`] (any store you configured) or
+/// [`ObjectStoreBackend::from_url`](crate::ObjectStoreBackend::from_url). Share one per process:
+/// it keeps the observations that decide when an abandoned lease may be taken over.
+pub struct ObjectStoreBackend {
+    inner: ObservedExpiryBackend<ObjectStoreLeases>,
+}
+
+impl fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl ObjectStoreBackend {
+    pub(crate) fn from_leases(leases: ObjectStoreLeases, rule: ObservationRule) -> Self {
+        Self {
+            inner: ObservedExpiryBackend::with_rule(leases, rule),
+        }
+    }
+
+    /// The same backend with another [`ObservationRule`].
+    pub fn with_rule(self, rule: ObservationRule) -> Self {
+        let leases = self.inner.store().clone();
+        Self::from_leases(leases, rule)
+    }
+
+    /// The lease objects (for example to find the object of a key with
+    /// [`ObjectStoreLeases::path`]).
+    pub fn leases(&self) -> &ObjectStoreLeases {
+        self.inner.store()
+    }
+}
+
+#[async_trait]
+impl Backend for ObjectStoreBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.inner.acquire(request).await
+    }
+
+    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.inner.renew(request).await
+    }
+
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release(request).await
+    }
+
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, BackendError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.break_lease(key).await
+    }
+}

@@ -1,0 +1,199 @@
+//! object_store's errors mapped to `BackendError` kinds: one table.
+//!
+//! | object_store error | during | kind |
+//! |---|---|---|
+//! | `Precondition` (412), `NotFound` | conditional update | conflict: someone else wrote first |
+//! | `AlreadyExists` (412 / 304) | create | conflict: the object exists |
+//! | `AlreadyExists` from HTTP 409 (S3 `ConditionalRequestConflict`) | any write | transient: retry |
+//! | `PermissionDenied` (403), `Unauthenticated` (401) | any | fatal, at once |
+//! | `NotImplemented`, `NotSupported`, `UnknownConfigurationKey`, `InvalidPath` | any | fatal |
+//! | HTTP 400, 404 (a missing bucket), 405, other 4xx except 408 / 429 | any | fatal |
+//! | 5xx, 408, 429, timeouts, connection errors, anything else | any | transient (outcome unknown) |
+//!
+//! Messages are the store's own, with every URL's query string removed (it may carry a SAS
+//! signature); the source error is not attached for the same reason.
+
+use lease_core::BackendError;
+use object_store::Error;
+
+/// What a failed write means.
+#[derive(Debug)]
+pub(crate) enum WriteFailure {
+    /// The condition did not hold: someone else's write is there.
+    Conflict,
+    /// Anything else.
+    Failed(BackendError),
+}
+
+/// The HTTP status behind an object_store error, read from its message: object_store 0.14 keeps
+/// the status in a private type, and its message reads "… status code: 409 Conflict …".
+fn status(error: &Error) -> Option<u16> {
+    let text = error.to_string();
+    let (_, after) = text.split_once("status code: ")?;
+    after.get(..3)?.parse().ok()
+}
+
+/// A failed read or list.
+pub(crate) fn classify(store: &'static str, error: &Error) -> BackendError {
+    let message = redact(&error.to_string());
+    let fatal = match error {
+        Error::PermissionDenied { .. } | Error::Unauthenticated { .. } => {
+            return BackendError::fatal(
+                store,
+                format!("access denied (check the credentials and their permissions): {message}"),
+            );
+        }
+        Error::NotImplemented { .. }
+        | Error::NotSupported { .. }
+        | Error::UnknownConfigurationKey { .. }
+        | Error::InvalidPath { .. } => true,
+        _ => match status(error) {
+            Some(408 | 429) => false,
+            Some(code) => (400..500).contains(&code),
+            None => false,
+        },
+    };
+    if fatal {
+        BackendError::fatal(store, message)
+    } else {
+        BackendError::transient(store, message)
+    }
+}
+
+/// A failed conditional write (`create` tells `AlreadyExists` from the rest).
+pub(crate) fn classify_write(store: &'static str, error: &Error, create: bool) -> WriteFailure {
+    match error {
+        // S3 answers 409 ConditionalRequestConflict when conditional writes race; object_store
+        // reports it as AlreadyExists. Nothing was written: try again.
+        Error::AlreadyExists { .. } if status(error) == Some(409) => {
+            WriteFailure::Failed(BackendError::transient(
+                store,
+                format!(
+                    "conflicting concurrent conditional write (409); try again: {}",
+                    redact(&error.to_string())
+                ),
+            ))
+        }
+        Error::AlreadyExists { .. } if create => WriteFailure::Conflict,
+        Error::Precondition { .. } | Error::NotFound { .. } if !create => WriteFailure::Conflict,
+        Error::Precondition { .. } if create => WriteFailure::Conflict,
+        Error::NotImplemented { .. } => WriteFailure::Failed(BackendError::fatal(
+            store,
+            format!(
+                "this store cannot do the conditional writes leases need (PutMode::{}): {}",
+                if create { "Create" } else { "Update" },
+                redact(&error.to_string())
+            ),
+        )),
+        _ => WriteFailure::Failed(classify(store, error)),
+    }
+}
+
+/// Removes the query string of every URL in `message` (SAS signatures live there).
+pub(crate) fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("://") {
+        let (before, url) = rest.split_at(at);
+        out.push_str(before);
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(url.len());
+        let (whole, after) = url.split_at(end);
+        match whole.split_once('?') {
+            Some((base, _)) => {
+                out.push_str(base);
+                out.push_str("?<redacted>");
+            }
+            None => out.push_str(whole),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_redacted() {
+        let m = "error sending request for url (https://acct.blob.core.windows.net/c/k?sv=2024&sig=SECRET): timed out";
+        let r = redact(m);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert!(
+            r.contains("https://acct.blob.core.windows.net/c/k?<redacted>): timed out"),
+            "{r}"
+        );
+        assert_eq!(redact("no url here"), "no url here");
+    }
+
+    #[test]
+    fn the_table() {
+        let path = || "k".to_owned();
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        let pre = Error::Precondition {
+            path: path(),
+            source: source(),
+        };
+        assert!(matches!(
+            classify_write("s3", &pre, false),
+            WriteFailure::Conflict
+        ));
+        let exists = Error::AlreadyExists {
+            path: path(),
+            source: source(),
+        };
+        assert!(matches!(
+            classify_write("s3", &exists, true),
+            WriteFailure::Conflict
+        ));
+        let denied = Error::PermissionDenied {
+            path: path(),
+            source: source(),
+        };
+        match classify_write("s3", &denied, false) {
+            WriteFailure::Failed(e) => assert_eq!(e.kind(), lease_core::BackendErrorKind::Fatal),
+            other => panic!("{other:?}"),
+        }
+        let unimplemented = Error::NotImplemented {
+            operation: "put".into(),
+            implementer: "local".into(),
+        };
+        match classify_write("file", &unimplemented, false) {
+            WriteFailure::Failed(e) => {
+                assert_eq!(e.kind(), lease_core::BackendErrorKind::Fatal);
+                assert!(e.message().contains("PutMode::Update"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let generic = Error::Generic {
+            store: "S3",
+            source: source(),
+        };
+        assert!(classify("s3", &generic).is_transient());
+        let status =
+            |text: &str| -> Box<dyn std::error::Error + Send + Sync> { text.to_owned().into() };
+        let conflict = Error::AlreadyExists {
+            path: path(),
+            source: status(
+                "Server returned non-2xx status code: 409 Conflict: <Code>ConditionalRequestConflict</Code>",
+            ),
+        };
+        match classify_write("s3", &conflict, false) {
+            WriteFailure::Failed(e) => assert!(e.is_transient()),
+            other => panic!("{other:?}"),
+        }
+        let no_bucket = Error::Generic {
+            store: "S3",
+            source: status("Server returned non-2xx status code: 404 Not Found: NoSuchBucket"),
+        };
+        assert!(!classify("s3", &no_bucket).is_transient());
+        let busy = Error::Generic {
+            store: "S3",
+            source: status("Server returned non-2xx status code: 503 Service Unavailable"),
+        };
+        assert!(classify("s3", &busy).is_transient());
+    }
+}
