@@ -401,6 +401,12 @@ async fn capabilities_declare_the_rule() {
     let caps = backend.capabilities();
     assert_eq!(caps.clock, ClockModel::ObservedExpiry);
     assert_eq!(caps.observation, Some(rule));
+    assert_eq!(backend.rule(), rule);
+    let debug = format!("{backend:?}");
+    assert!(
+        debug.contains("ObservedExpiryBackend") && debug.contains("rule"),
+        "{debug}"
+    );
     assert!(caps.can_break);
     let err = backend
         .acquire(&AcquireRequest::new(

@@ -480,3 +480,74 @@ async fn a_shorter_grant_on_acquire_sets_a_shorter_deadline() {
     let lease = locker.try_acquire("short-x").await.unwrap().unwrap();
     assert_eq!(lease.deadline(), sent + Duration::from_millis(300) - MARGIN);
 }
+
+// --- Release -------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn releasing_a_broken_lease_reports_it_lost() {
+    let store = MemoryBackend::new();
+    let locker = locker_on(store.clone());
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    // An administrator breaks it; the holder has not renewed since, so it still believes.
+    store.break_lease(&key("k")).await.unwrap();
+    assert!(lease.is_held());
+    match lease.release().await {
+        Err(Error::Lost { reason, .. }) => assert_eq!(reason, LostReason::NotHeld),
+        other => {
+            panic!("a release answered NotHeld (without an earlier unknown outcome) gave {other:?}")
+        }
+    }
+}
+
+/// MemoryBackend whose releases fail with a non-retryable error, counting them.
+#[derive(Debug)]
+struct FatalRelease(MemoryBackend, AtomicU64);
+
+#[async_trait]
+impl Backend for FatalRelease {
+    fn name(&self) -> &'static str {
+        "fatal-release"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.0.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.0.renew(r).await
+    }
+    async fn release(&self, _: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Err(BackendError::fatal("fatal-release", "permission denied"))
+    }
+    async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.0.inspect(k).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_release_error_is_returned_at_once_not_retried() {
+    let backend = Arc::new(FatalRelease(MemoryBackend::new(), AtomicU64::new(0)));
+    let locker = locker_on(Shared(Arc::clone(&backend)));
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    let started = Instant::now();
+    match lease.release().await {
+        Err(Error::Backend(e)) => assert!(!e.is_transient(), "{e}"),
+        other => panic!("expected the fatal error, got {other:?}"),
+    }
+    assert_eq!(Instant::now(), started, "a fatal error was retried");
+    assert_eq!(backend.1.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_release_error_is_retried_until_it_lands() {
+    let (store, faulty) = faulty_memory();
+    let locker = locker_on(faulty.clone());
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    // The first release lands but its answer is lost; the retry answers NotHeld: it landed.
+    faulty.lose_next_response(Op::Release, 1);
+    lease.release().await.unwrap();
+    assert_eq!(faulty.calls(Op::Release), 2);
+    assert!(!store.inspect(&key("k")).await.unwrap().unwrap().is_held());
+}
