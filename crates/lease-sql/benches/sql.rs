@@ -224,7 +224,7 @@ async fn handoff(label: &str, backend: Arc<dyn Backend>) -> Stats {
     stats(label, samples, f64::NAN)
 }
 
-/// Counts statements; a closure over the concrete backend's `statements_sent()`.
+/// Counts statements; a closure over the concrete backend's `round_trips()`.
 type Statements = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Takeover after a holder is killed. Each holder takes its key with a raw `Backend::acquire`
@@ -606,7 +606,7 @@ async fn postgres() {
         .await
         .unwrap());
     let counter = backend.clone();
-    let mut rows = lease_ops(&backend, &move || counter.statements_sent()).await;
+    let mut rows = lease_ops(&backend, &move || counter.round_trips()).await;
     for i in 0..10 {
         q(&raw.create_row)
             .bind(format!("k{i}"))
@@ -635,7 +635,7 @@ async fn postgres() {
     liveness(
         "PostgreSQL",
         Arc::new(backend.clone()),
-        Arc::new(move || counter.statements_sent()),
+        Arc::new(move || counter.round_trips()),
     )
     .await;
     for sql in [
@@ -750,7 +750,7 @@ async fn mysql() {
         .await
         .unwrap());
     let counter = backend.clone();
-    let mut rows = lease_ops(&backend, &move || counter.statements_sent()).await;
+    let mut rows = lease_ops(&backend, &move || counter.round_trips()).await;
     for i in 0..10 {
         q(&raw.create_row)
             .bind(format!("k{i}"))
@@ -783,7 +783,7 @@ async fn mysql() {
     liveness(
         "MariaDB / MySQL",
         Arc::new(backend.clone()),
-        Arc::new(move || counter.statements_sent()),
+        Arc::new(move || counter.round_trips()),
     )
     .await;
     for sql in [
@@ -835,7 +835,7 @@ async fn sqlite() {
         .await
         .unwrap());
     let counter = backend.clone();
-    let mut rows = lease_ops(&backend, &move || counter.statements_sent()).await;
+    let mut rows = lease_ops(&backend, &move || counter.round_trips()).await;
     for i in 0..10 {
         q(&raw.create_row)
             .bind(format!("k{i}"))
@@ -867,7 +867,7 @@ async fn sqlite() {
     liveness(
         "SQLite",
         Arc::new(backend.clone()),
-        Arc::new(move || counter.statements_sent()),
+        Arc::new(move || counter.round_trips()),
     )
     .await;
     drop(backend);

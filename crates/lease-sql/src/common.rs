@@ -1,13 +1,14 @@
 //! What every dialect shares: options, the validated table name, error classification, decoding.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use lease_core::{
     BackendError, FencingToken, HolderMetadata, HolderToken, InvalidInput, LeaseKey, LeaseRecord,
     RecordState,
 };
+
+use crate::dialect::BatchLease;
 
 /// The name of the lease table, validated as a SQL identifier so it can be spliced into
 /// statements: `table` or `schema.table`, each part matching `[A-Za-z_][A-Za-z0-9_]{0,62}`.
@@ -208,22 +209,6 @@ impl SqlOptions {
     }
 }
 
-/// Counts statements sent, for metrics and for tests that count round trips.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    statements: AtomicU64,
-}
-
-impl Stats {
-    pub(crate) fn statement(&self) {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
-    }
-}
-
 /// The capabilities every SQL backend shares.
 pub(crate) fn base_capabilities() -> lease_core::Capabilities {
     lease_core::Capabilities::new(
@@ -248,6 +233,38 @@ pub(crate) fn checked_ttl(backend: &'static str, ttl: Duration) -> Result<i64, B
 /// A TTL as whole milliseconds (rounded down; at least 1), the unit stored in `ttl_ms`.
 pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The first string past every string that starts with `prefix` (byte order), or `None` when
+/// every string does (`""`). `prefix` is ASCII (checked as a key prefix), so incrementing its last
+/// byte is enough: `'z'` and the other key characters are all below `0x7f`.
+pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return Some(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    None
+}
+
+/// A listed row: its name must be a lease key, its columns decodable.
+pub(crate) fn decode_listed(
+    backend: &'static str,
+    name: String,
+    raw: RawRecord,
+) -> Result<LeaseRecord, BackendError> {
+    let key = LeaseKey::new(name.as_str()).map_err(|_| {
+        BackendError::corrupt_record(
+            backend,
+            format!(
+                "a row is named {}, which is not a lease key",
+                shorten(&name)
+            ),
+        )
+    })?;
+    raw.decode(backend, &key)
 }
 
 /// A TTL stored in `ttl_ms`, as returned by an upsert or renewal.
@@ -492,14 +509,6 @@ pub(crate) fn outcome_from_record(
     Ok(AcquireOutcome::Held(Some(Box::new(record))))
 }
 
-/// One lease of a batched renewal: each `(key, holder)` pair appears once.
-#[derive(Debug)]
-pub(crate) struct BatchLease<'a> {
-    pub(crate) key: &'a str,
-    pub(crate) holder: String,
-    pub(crate) ttl_ms: i64,
-}
-
 /// The distinct leases of a `renew_many` call. A pair asked for twice is renewed once, with the
 /// TTL of its last request, and every request for it reports the TTL that was stored. Requests
 /// with a TTL out of range are left out (and answered with an error by [`renew_results`]).
@@ -608,6 +617,9 @@ mod tests {
             let err = TableName::new(bad).unwrap_err();
             assert_eq!(err.field(), "table name", "{bad:?}");
         }
+        assert_eq!(prefix_successor(""), None);
+        assert_eq!(prefix_successor("a/").as_deref(), Some("a0"));
+        assert_eq!(prefix_successor("job_").as_deref(), Some("job`"));
         let t = TableName::new("app.Leases").unwrap();
         assert_eq!(t.quoted('"'), "\"app\".\"Leases\"");
         assert_eq!(t.quoted('`'), "`app`.`Leases`");

@@ -9,6 +9,10 @@
 //! them — deadlines, renewal, retries, resolving unknown outcomes — is [`lease_core`]'s, re-exported
 //! here so this crate is the only dependency a user needs.
 //!
+//! [`connect`] picks the dialect from the URL (`postgres://`, `mysql://`, `mariadb://`,
+//! `sqlite:`); each backend also has its own `connect`, `connect_with` and `from_pool`. They are
+//! all [`SqlBackend`], written once over a [`dialect::Dialect`] that holds a database's SQL.
+//!
 //! | backend | feature | expiry clock | wake-ups |
 //! |---|---|---|---|
 //! | [`PostgresBackend`] | `postgres` | `clock_timestamp()` | `LISTEN/NOTIFY` |
@@ -19,10 +23,9 @@
 //! table with the token.
 //!
 //! ```no_run
-//! # #[cfg(feature = "postgres")]
 //! # async fn example() -> Result<(), lease_sql::Error> {
-//! use lease_sql::{Locker, PostgresBackend};
-//! let backend = PostgresBackend::connect("postgres://app@db/app").await?;
+//! use lease_sql::Locker;
+//! let backend = lease_sql::connect("postgres://app@db/app").await?;
 //! backend.migrate().await?;
 //! let locker = Locker::new(backend);
 //! locker
@@ -37,7 +40,10 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 mod common;
+mod connect;
+pub mod dialect;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -45,13 +51,15 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use backend::SqlBackend;
 pub use common::{SqlOptions, TableName};
+pub use connect::{AnySqlBackend, connect, connect_with};
 #[cfg(feature = "mysql")]
-pub use mysql::MySqlBackend;
+pub use mysql::{MySqlBackend, MySqlDialect};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresBackend;
+pub use postgres::{PostgresBackend, PostgresDialect};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteBackend;
+pub use sqlite::{SqliteBackend, SqliteDialect};
 
 pub use lease_core::*;
 

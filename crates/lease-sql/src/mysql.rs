@@ -3,23 +3,20 @@
 //! `UTC_TIMESTAMP(6)`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lease_core::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, FencingToken, Grant,
-    LeaseKey, LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
+use lease_core::{AcquireRequest, BackendError, Capabilities, FencingToken, LeaseKey, LeaseRecord};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow,
 };
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection as _, Row};
 
-use crate::common::{
-    self, BatchLease, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName,
-    base_capabilities,
-};
+use crate::backend::SqlBackend;
+use crate::common::{self, DbClass, FENCING_MAX, RawRecord, base_capabilities};
+use crate::dialect::{AcquireReply, BatchLease, Dialect, ListPage, Renewed, RoundTrips, sealed};
+use crate::{SqlOptions, TableName};
 
 const NAME: &str = "mysql";
 
@@ -41,46 +38,6 @@ const BATCH: &str = "JSON_TABLE(?, '$[*]' COLUMNS (\
      holder VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[1]', \
      ttl BIGINT PATH '$[2]')) AS r";
 
-/// Leases in a MySQL 8 or MariaDB 10.6+ (InnoDB) table.
-///
-/// Expiry is decided by the server's `UTC_TIMESTAMP(6)`. Acquire is a single
-/// `INSERT … ON DUPLICATE KEY UPDATE` whose reply carries the new fencing token (through
-/// `LAST_INSERT_ID(expr)`), so the uncontended path is one round trip; renew and release are one
-/// owner-checked `UPDATE` each. Every operation runs in autocommit on the pool.
-///
-/// ```no_run
-/// use lease_sql::{Locker, MySqlBackend};
-/// # #[tokio::main] async fn main() -> Result<(), lease_sql::Error> {
-/// let backend = MySqlBackend::connect("mysql://app:secret@db.internal:3306/app").await?;
-/// backend.migrate().await?;
-/// let lease = Locker::new(backend).acquire("import/daily").await?;
-/// lease.release().await?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct MySqlBackend {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    pool: MySqlPool,
-    table: TableName,
-    sql: Statements,
-    stats: Stats,
-}
-
-struct Statements {
-    create: String,
-    acquire: String,
-    read: String,
-    read_for_update: String,
-    renew: String,
-    renew_many: String,
-    renewed: String,
-    release: String,
-    break_lease: String,
-}
-
 /// The take-over condition, on the row's values before the update: free, expired, or ours.
 const TAKE: &str = "(fencing >= 0 AND (holder IS NULL OR expires_at <= UTC_TIMESTAMP(6) OR holder = VALUES(holder)))";
 /// The same holder whose grant is still in force: an idempotent re-acquire.
@@ -92,9 +49,89 @@ const READ_COLUMNS: &str = "holder, holder_meta, fencing, ttl_ms, \
 
 const CLEAR: &str = "holder = NULL, holder_meta = NULL, acquired_at = NULL, expires_at = NULL";
 
-impl Statements {
-    fn new(t: &str) -> Self {
+/// Leases in a MySQL 8 or MariaDB 10.6+ (InnoDB) table.
+///
+/// Expiry is decided by the server's `UTC_TIMESTAMP(6)`. Acquire is a single
+/// `INSERT … ON DUPLICATE KEY UPDATE` whose reply carries the new fencing token (through
+/// `LAST_INSERT_ID(expr)`), so the uncontended path is one round trip; a reply outside the expected
+/// set (as an `UPDATE` trigger causes) is resolved by reading the row back, and `connect` and
+/// `migrate` refuse a table with `UPDATE` triggers. Renew and release are one owner-checked
+/// `UPDATE` each. Every operation runs in autocommit on the pool.
+///
+/// ```no_run
+/// use lease_sql::{Locker, MySqlBackend};
+/// # #[tokio::main] async fn main() -> Result<(), lease_sql::Error> {
+/// let backend = MySqlBackend::connect("mysql://app:secret@db.internal:3306/app").await?;
+/// backend.migrate().await?;
+/// let lease = Locker::new(backend).acquire("import/daily").await?;
+/// lease.release().await?;
+/// # Ok(()) }
+/// ```
+pub type MySqlBackend = SqlBackend<MySqlDialect>;
+
+/// MySQL's and MariaDB's statements for one table; see [`MySqlBackend`].
+#[derive(Debug)]
+pub struct MySqlDialect {
+    schema: Option<String>,
+    table: String,
+    create: String,
+    acquire: String,
+    read: String,
+    read_for_update: String,
+    renew: String,
+    renew_many: String,
+    renewed: String,
+    release: String,
+    break_lease: String,
+    list: String,
+    list_all: String,
+}
+
+fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
+    let Some(e) = e.try_downcast_ref::<MySqlDatabaseError>() else {
+        return DbClass::Fatal;
+    };
+    match e.number() {
+        // lock wait timeout, deadlock, too many connections, server shutdown, query interrupted,
+        // network read/write errors, connection killed (MariaDB), max execution time (MySQL
+        // 3024, MariaDB 1969), server gone away / lost during query
+        1205 | 1213 | 1040 | 1053 | 1317 | 1158..=1161 | 1927 | 3024 | 1969 | 2006 | 2013 => {
+            DbClass::Transient
+        }
+        // BIGINT out of range: the fencing counter of the row cannot be bumped
+        1690 => DbClass::Corrupt,
+        _ => DbClass::Fatal,
+    }
+}
+
+fn classify(op: &str, e: sqlx::Error) -> BackendError {
+    common::classify(NAME, op, e, db_class)
+}
+
+fn raw_record(row: &MySqlRow, offset: usize) -> Result<RawRecord, sqlx::Error> {
+    Ok(RawRecord {
+        holder: row.try_get(offset)?,
+        holder_meta: row.try_get(offset + 1)?,
+        fencing: row.try_get(offset + 2)?,
+        ttl_ms: row.try_get(offset + 3)?,
+        acquired_at_us: row.try_get(offset + 4)?,
+        remaining_us: row.try_get(offset + 5)?,
+    })
+}
+
+impl sealed::Sealed for MySqlDialect {}
+
+#[async_trait]
+impl Dialect for MySqlDialect {
+    type Db = sqlx::MySql;
+    const NAME: &'static str = NAME;
+    const PREPARE_IS_A_ROUND_TRIP: bool = true;
+
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('`');
         Self {
+            schema: table.schema().map(str::to_owned),
+            table: table.table().to_owned(),
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\n\
                  \x20   name        VARCHAR(200) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,\n\
@@ -147,121 +184,58 @@ impl Statements {
                  WHERE name = ? AND holder = ? AND expires_at > UTC_TIMESTAMP(6)"
             ),
             break_lease: format!("UPDATE {t} SET {CLEAR} WHERE name = ?"),
+            list: format!(
+                "SELECT name, {READ_COLUMNS} FROM {t}\n\
+                 WHERE name >= ? AND name > ? AND name < ? ORDER BY name LIMIT ?"
+            ),
+            list_all: format!(
+                "SELECT name, {READ_COLUMNS} FROM {t} WHERE name >= ? AND name > ? ORDER BY name LIMIT ?"
+            ),
         }
     }
-}
 
-fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
-    let Some(e) = e.try_downcast_ref::<MySqlDatabaseError>() else {
-        return DbClass::Fatal;
-    };
-    match e.number() {
-        // lock wait timeout, deadlock, too many connections, server shutdown, query interrupted,
-        // network read/write errors, connection killed (MariaDB), max execution time (MySQL
-        // 3024, MariaDB 1969), server gone away / lost during query
-        1205 | 1213 | 1040 | 1053 | 1317 | 1158..=1161 | 1927 | 3024 | 1969 | 2006 | 2013 => {
-            DbClass::Transient
-        }
-        // BIGINT out of range: the fencing counter of the row cannot be bumped
-        1690 => DbClass::Corrupt,
-        _ => DbClass::Fatal,
-    }
-}
-
-fn classify(op: &str, e: sqlx::Error) -> BackendError {
-    common::classify(NAME, op, e, db_class)
-}
-
-fn raw_record(row: &MySqlRow) -> Result<RawRecord, sqlx::Error> {
-    Ok(RawRecord {
-        holder: row.try_get(0)?,
-        holder_meta: row.try_get(1)?,
-        fencing: row.try_get(2)?,
-        ttl_ms: row.try_get(3)?,
-        acquired_at_us: row.try_get(4)?,
-        remaining_us: row.try_get(5)?,
-    })
-}
-
-impl MySqlBackend {
-    /// Connects a pool to `url` (`mysql://user:password@host:3306/database`) and checks that the
-    /// lease table, if it exists, has no `UPDATE` triggers.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a URL that cannot be parsed;
-    /// [`Error::Backend`](crate::Error::Backend) when the server cannot be reached (transient),
-    /// refuses the login or database (fatal), or the table has an `UPDATE` trigger (fatal).
-    /// Messages never contain the password.
-    pub async fn connect(url: &str) -> Result<Self, lease_core::Error> {
-        Self::connect_with(url, SqlOptions::default()).await
+    fn capabilities(&self) -> Capabilities {
+        base_capabilities()
     }
 
-    /// Like [`MySqlBackend::connect`], with options.
-    ///
-    /// # Errors
-    /// As [`MySqlBackend::connect`].
-    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, lease_core::Error> {
+    fn create_table_sql(&self) -> &str {
+        &self.create
+    }
+
+    fn classify(op: &str, error: sqlx::Error) -> BackendError {
+        classify(op, error)
+    }
+
+    async fn connect(url: &str, options: &SqlOptions) -> Result<MySqlPool, lease_core::Error> {
         let connect = MySqlConnectOptions::from_str(url)
             .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        let pool = MySqlPoolOptions::new()
+        MySqlPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
-            .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        let backend = Self::from_pool(pool, options);
-        backend.check_no_update_triggers().await?;
-        Ok(backend)
-    }
-
-    /// Uses an existing pool; operations run in autocommit on connections taken from it.
-    pub fn from_pool(pool: MySqlPool, options: SqlOptions) -> Self {
-        let quoted = options.table.quoted('`');
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                sql: Statements::new(&quoted),
-                table: options.table,
-                stats: Stats::default(),
-            }),
-        }
-    }
-
-    /// The `CREATE TABLE IF NOT EXISTS` statement [`MySqlBackend::migrate`] runs.
-    pub fn create_table_sql(&self) -> String {
-        self.inner.sql.create.clone()
-    }
-
-    /// Creates the lease table if it does not exist (idempotent) and checks that it has no
-    /// `UPDATE` triggers.
-    ///
-    /// # Errors
-    /// [`Error::Backend`](crate::Error::Backend), fatal when the user may not create tables or the
-    /// table has an `UPDATE` trigger.
-    pub async fn migrate(&self) -> Result<(), lease_core::Error> {
-        self.inner.stats.statement();
-        sqlx::query(AssertSqlSafe(self.inner.sql.create.as_str()))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| classify("migrate", e))?;
-        self.check_no_update_triggers().await
+            .map_err(|e| common::connect_error(NAME, url, e, db_class))
     }
 
     /// Refuses a lease table with `UPDATE` triggers: under one, the server reports 0 where the
     /// acquire statement set `LAST_INSERT_ID` to the new token, so every acquire would need a
     /// second round trip to read its row back (the backend does that rather than trust such a
     /// reply), and a trigger that writes the row could break exclusion outright.
-    async fn check_no_update_triggers(&self) -> Result<(), lease_core::Error> {
-        self.inner.stats.statement();
+    async fn check_table(
+        &self,
+        conn: &mut MySqlConnection,
+        trips: &RoundTrips,
+    ) -> Result<(), lease_core::Error> {
+        trips.add(1);
         let triggers: Option<String> = sqlx::query_scalar(
             "SELECT GROUP_CONCAT(TRIGGER_NAME ORDER BY TRIGGER_NAME SEPARATOR ', ') \
              FROM information_schema.TRIGGERS \
              WHERE EVENT_OBJECT_SCHEMA = COALESCE(?, DATABASE()) AND EVENT_OBJECT_TABLE = ? \
              AND EVENT_MANIPULATION = 'UPDATE'",
         )
-        .bind(self.inner.table.schema())
-        .bind(self.inner.table.table())
-        .fetch_one(&self.inner.pool)
+        .bind(self.schema.as_deref())
+        .bind(self.table.as_str())
+        .fetch_one(conn)
         .await
         .map_err(|e| classify("check triggers", e))?;
         match triggers {
@@ -272,226 +246,239 @@ impl MySqlBackend {
                     "the lease table {} has UPDATE trigger(s) {names}: an UPDATE trigger hides \
                      the token the acquire statement reports and may rewrite lease rows; \
                      drop the trigger(s) or give the leases a table of their own",
-                    self.inner.table
+                    match &self.schema {
+                        Some(schema) => format!("{schema}.{}", self.table),
+                        None => self.table.clone(),
+                    }
                 ),
             ))),
         }
     }
 
-    /// The pool operations run on.
-    pub fn pool(&self) -> &MySqlPool {
-        &self.inner.pool
-    }
-
-    /// The lease table.
-    pub fn table(&self) -> &TableName {
-        &self.inner.table
-    }
-
-    /// How many SQL statements this backend has sent (a metric; tests use it to count round
-    /// trips).
-    pub fn statements_sent(&self) -> u64 {
-        self.inner.stats.statements()
-    }
-
-    async fn read(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read.as_str()))
-            .bind(key.as_str())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(|e| classify("read", e))?;
-        match row {
-            None => Ok(None),
-            Some(row) => raw_record(&row)
-                .map_err(|e| classify("read", e))?
-                .decode(NAME, key)
-                .map(Some),
-        }
-    }
-
-    /// Renews one chunk of distinct leases: one UPDATE, plus one SELECT only when some of them
-    /// were not renewed (to tell which). Returns the renewed `(name, holder)` pairs with the TTL
-    /// each has stored.
-    async fn renew_chunk(
+    async fn execute(
         &self,
-        chunk: &[BatchLease<'_>],
-    ) -> Result<HashMap<(String, String), i64>, BackendError> {
-        let batch = common::json_batch(chunk);
-        self.inner.stats.statement();
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
-            .bind(&batch)
-            .execute(&self.inner.pool)
+        conn: &mut MySqlConnection,
+        sql: &str,
+        trips: &RoundTrips,
+    ) -> Result<(), BackendError> {
+        trips.add(1);
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
             .await
-            .map_err(|e| classify("renew_many", e))?;
-        if done.rows_affected() == chunk.len() as u64 {
-            return Ok(chunk
-                .iter()
-                .map(|l| ((l.key.to_owned(), l.holder.clone()), l.ttl_ms))
-                .collect());
-        }
-        // Some were not renewed: the rows still held by the requested holder after the UPDATE
-        // are exactly the renewed ones (the others had expired or changed hands).
-        self.inner.stats.statement();
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renewed.as_str()))
-            .bind(&batch)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| classify("renew_many", e))?;
-        rows.iter()
-            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-            .collect::<Result<HashMap<_, _>, sqlx::Error>>()
-            .map_err(|e| classify("renew_many", e))
-    }
-}
-
-#[async_trait]
-impl Backend for MySqlBackend {
-    fn name(&self) -> &'static str {
-        NAME
+            .map_err(|e| classify("migrate", e))?;
+        Ok(())
     }
 
-    fn capabilities(&self) -> Capabilities {
-        base_capabilities()
-    }
-
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
+    async fn acquire(
+        &self,
+        conn: &mut MySqlConnection,
+        request: &AcquireRequest,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<AcquireReply, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.acquire.as_str()))
             .bind(request.key.as_str())
             .bind(request.holder.to_string())
             .bind(request.metadata.as_str())
-            .bind(ttl)
-            .bind(ttl * 1000)
-            .execute(&self.inner.pool)
+            .bind(ttl_ms)
+            .bind(ttl_ms * 1000)
+            .execute(conn)
             .await
             .map_err(|e| classify("acquire", e))?;
-        let granted = Duration::from_millis(ttl as u64);
+        let ttl = Duration::from_millis(ttl_ms.unsigned_abs());
         // Inserted: 1 row, LAST_INSERT_ID 1 (from VALUES). Taken over or re-acquired: 2 rows (the
         // client asks for found rows, so an untouched row counts 1), LAST_INSERT_ID = the token.
         // Held: LAST_INSERT_ID = the sentinel. Anything else (an UPDATE trigger makes it 0) is
         // not trusted: the row read back says whether this holder token got the key.
-        let (rows, id) = (done.rows_affected(), done.last_insert_id());
-        match (rows, id) {
-            (1, 1) => {
-                return Ok(AcquireOutcome::Acquired(Grant::new(
-                    FencingToken::new(1),
-                    granted,
-                )));
-            }
-            (2, token) if (1..=FENCING_MAX as u64).contains(&token) => {
-                return Ok(AcquireOutcome::Acquired(Grant::new(
-                    FencingToken::new(token),
-                    granted,
-                )));
-            }
-            (_, HELD_SENTINEL) => {}
+        Ok(match (done.rows_affected(), done.last_insert_id()) {
+            (1, 1) => AcquireReply::Granted {
+                fencing: FencingToken::new(1),
+                ttl,
+            },
+            (2, token) if (1..=FENCING_MAX as u64).contains(&token) => AcquireReply::Granted {
+                fencing: FencingToken::new(token),
+                ttl,
+            },
+            (_, HELD_SENTINEL) => AcquireReply::ReadBack,
             (rows, id) => {
                 tracing::debug!(
                     rows,
                     last_insert_id = id,
                     "acquire: unexpected reply, resolved by reading the row back"
                 );
+                AcquireReply::ReadBack
             }
-        }
-        let record = self.read(&request.key).await?;
-        common::outcome_from_record(NAME, &request.holder, record)
+        })
     }
 
-    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
-            .bind(ttl)
-            .bind(ttl * 1000)
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .execute(&self.inner.pool)
+    async fn read(
+        &self,
+        conn: &mut MySqlConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.read.as_str()))
+            .bind(key.as_str())
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| classify("read", e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => raw_record(&row, 0)
+                .map_err(|e| classify("read", e))?
+                .decode(NAME, key)
+                .map(Some),
+        }
+    }
+
+    async fn renew(
+        &self,
+        conn: &mut MySqlConnection,
+        key: &str,
+        holder: &str,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.renew.as_str()))
+            .bind(ttl_ms)
+            .bind(ttl_ms * 1000)
+            .bind(key)
+            .bind(holder)
+            .execute(conn)
             .await
             .map_err(|e| classify("renew", e))?;
-        Ok(if done.rows_affected() == 1 {
-            RenewOutcome::Renewed(Duration::from_millis(ttl as u64))
-        } else {
-            RenewOutcome::NotHeld
-        })
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn renew_many(
+    /// One UPDATE per chunk of 16,384 leases, plus one SELECT for a chunk in which some
+    /// were not renewed (to tell which: no `RETURNING` on MySQL's `UPDATE`).
+    async fn renew_batch(
         &self,
-        requests: &[RenewRequest],
-    ) -> Vec<Result<RenewOutcome, BackendError>> {
-        let leases = common::distinct_leases(requests);
+        conn: &mut MySqlConnection,
+        leases: &[BatchLease<'_>],
+        trips: &RoundTrips,
+    ) -> Result<Renewed, BackendError> {
         let mut renewed = HashMap::with_capacity(leases.len());
         for chunk in leases.chunks(RENEW_CHUNK) {
-            match self.renew_chunk(chunk).await {
-                Ok(done) => renewed.extend(done),
-                Err(e) => {
-                    return requests
+            let batch = common::json_batch(chunk);
+            trips.add(1);
+            let done = sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
+                .bind(&batch)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify("renew_many", e))?;
+            if done.rows_affected() == chunk.len() as u64 {
+                renewed.extend(
+                    chunk
                         .iter()
-                        .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
-                        .collect();
-                }
+                        .map(|l| ((l.key.to_owned(), l.holder.clone()), l.ttl_ms)),
+                );
+                continue;
+            }
+            // The rows still held by the requested holder after the UPDATE are exactly the
+            // renewed ones (the others had expired or changed hands).
+            trips.add(1);
+            let rows = sqlx::query(AssertSqlSafe(self.renewed.as_str()))
+                .bind(&batch)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| classify("renew_many", e))?;
+            for row in &rows {
+                let pair = (row.try_get(0), row.try_get(1), row.try_get(2));
+                let (Ok(name), Ok(holder), Ok(ttl)) = pair else {
+                    return Err(BackendError::corrupt_record(
+                        NAME,
+                        "renew_many: a renewed row could not be read back",
+                    ));
+                };
+                renewed.insert((name, holder), ttl);
             }
         }
-        common::renew_results(NAME, requests, &renewed)
+        Ok(renewed)
     }
 
-    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
-        self.inner.stats.statement();
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.release.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .execute(&self.inner.pool)
+    async fn release(
+        &self,
+        conn: &mut MySqlConnection,
+        key: &str,
+        holder: &str,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.release.as_str()))
+            .bind(key)
+            .bind(holder)
+            .execute(conn)
             .await
             .map_err(|e| classify("release", e))?;
-        Ok(if done.rows_affected() == 1 {
-            ReleaseOutcome::Released
-        } else {
-            ReleaseOutcome::NotHeld
-        })
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.read(key).await
-    }
-
-    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        // An administrative operation: a short transaction that locks the row, reads it, frees it.
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(|e| classify("break", e))?;
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read_for_update.as_str()))
+    /// An administrative operation: a short transaction that locks the row, reads it, frees it
+    /// (BEGIN, SELECT … FOR UPDATE, UPDATE, COMMIT).
+    async fn break_lease(
+        &self,
+        conn: &mut MySqlConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let mut tx = conn.begin().await.map_err(|e| classify("break", e))?;
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.read_for_update.as_str()))
             .bind(key.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| classify("break", e))?;
         let Some(row) = row else {
+            trips.add(1);
+            tx.rollback().await.map_err(|e| classify("break", e))?;
             return Ok(None);
         };
-        let before = raw_record(&row)
+        let before = raw_record(&row, 0)
             .map_err(|e| classify("break", e))
             .and_then(|raw| raw.decode(NAME, key));
-        self.inner.stats.statement();
-        sqlx::query(AssertSqlSafe(self.inner.sql.break_lease.as_str()))
+        trips.add(1);
+        sqlx::query(AssertSqlSafe(self.break_lease.as_str()))
             .bind(key.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| classify("break", e))?;
+        trips.add(1);
         tx.commit().await.map_err(|e| classify("break", e))?;
         before.map(Some)
     }
-}
 
-impl fmt::Debug for MySqlBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MySqlBackend")
-            .field("table", &self.inner.table)
-            .field("pool_size", &self.inner.pool.size())
-            .finish_non_exhaustive()
+    async fn list_page(
+        &self,
+        conn: &mut MySqlConnection,
+        page: ListPage<'_>,
+        trips: &RoundTrips,
+    ) -> Result<Vec<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let query = match page.until {
+            Some(until) => sqlx::query(AssertSqlSafe(self.list.as_str()))
+                .bind(page.from)
+                .bind(page.after)
+                .bind(until),
+            None => sqlx::query(AssertSqlSafe(self.list_all.as_str()))
+                .bind(page.from)
+                .bind(page.after),
+        };
+        let rows = query
+            .bind(page.limit)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("list", e))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0).map_err(|e| classify("list", e))?;
+                let raw = raw_record(row, 1).map_err(|e| classify("list", e))?;
+                common::decode_listed(NAME, name, raw)
+            })
+            .collect()
     }
 }

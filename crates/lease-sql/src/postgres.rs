@@ -2,36 +2,33 @@
 //! waiters woken by `LISTEN/NOTIFY`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lease_core::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Grant, LeaseKey,
-    LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
-};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use lease_core::{AcquireRequest, BackendError, Capabilities, LeaseKey, LeaseRecord};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::common::{
-    self, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName, base_capabilities,
-    granted_ttl,
-};
+use crate::backend::SqlBackend;
+use crate::common::{self, DbClass, FENCING_MAX, RawRecord, base_capabilities, granted_ttl};
+use crate::dialect::{AcquireReply, BatchLease, Dialect, ListPage, Renewed, RoundTrips, sealed};
+use crate::{SqlOptions, TableName};
 
 const NAME: &str = "postgres";
 
 /// Leases in a PostgreSQL table (PostgreSQL 12 or later).
 ///
-/// Expiry is decided by the server's `clock_timestamp()`. Every operation is one statement in
-/// autocommit on the pool, so it works whether or not the caller has a transaction open elsewhere
-/// and never holds row locks between calls. Releases and breaks `NOTIFY` a channel that
-/// [`Backend::wait_for_change`] listens on, so a waiting [`Locker::acquire`](crate::Locker::acquire)
-/// gets the key about one round trip after its release.
+/// Expiry is decided by the server's `clock_timestamp()`. Every lease operation is one statement
+/// in autocommit on the pool, so it works whether or not the caller has a transaction open
+/// elsewhere and never holds row locks between calls. Releases and breaks `NOTIFY` a channel that
+/// [`Backend::wait_for_change`](crate::Backend::wait_for_change) listens on (on a connection of
+/// its own, outside the pool), so a waiting [`Locker::acquire`](crate::Locker::acquire) gets the
+/// key about one round trip after its release.
 ///
 /// ```no_run
 /// use lease_sql::{Locker, PostgresBackend};
@@ -44,30 +41,10 @@ const NAME: &str = "postgres";
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct PostgresBackend {
-    inner: Arc<Inner>,
-}
+pub type PostgresBackend = SqlBackend<PostgresDialect>;
 
-struct Inner {
-    pool: PgPool,
-    table: TableName,
-    channel: String,
-    sql: Statements,
-    stats: Stats,
-    notifier: Arc<Notifier>,
-    listener_task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = self.listener_task.get_mut().ok().and_then(Option::take) {
-            task.abort();
-        }
-    }
-}
-
-struct Statements {
+/// PostgreSQL's statements for one table, and its `LISTEN` state; see [`PostgresBackend`].
+pub struct PostgresDialect {
     create: String,
     acquire: String,
     read: String,
@@ -75,6 +52,27 @@ struct Statements {
     renew_many: String,
     release: String,
     break_lease: String,
+    list: String,
+    list_all: String,
+    channel: String,
+    notifier: Arc<Notifier>,
+    listener_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for PostgresDialect {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener_task.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresDialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresDialect")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The columns a read returns, in order: holder, holder_meta, fencing, ttl_ms, acquired_at (µs
@@ -88,13 +86,65 @@ fn read_columns(prefix: &str) -> String {
     )
 }
 
-impl Statements {
+fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
+    let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+    match code.as_str() {
+        // serialization failure, deadlock, lock not available, query canceled (statement timeout),
+        // admin shutdown, crash shutdown, cannot connect now, too many connections
+        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300" => {
+            DbClass::Transient
+        }
+        // read-only transaction (a primary being demoted during a failover: a retry may reach the
+        // new primary), statement completion unknown (the outcome is unknown: the core reads back)
+        "25006" | "40003" => DbClass::Transient,
+        // numeric value out of range: the fencing counter of a foreign row cannot be bumped
+        "22003" => DbClass::Corrupt,
+        // connection exceptions, insufficient resources
+        c if c.starts_with("08") || c.starts_with("53") => DbClass::Transient,
+        _ => DbClass::Fatal,
+    }
+}
+
+fn raw_record(row: &PgRow, offset: usize) -> Result<RawRecord, sqlx::Error> {
+    Ok(RawRecord {
+        holder: row.try_get(offset)?,
+        holder_meta: row.try_get(offset + 1)?,
+        fencing: row.try_get(offset + 2)?,
+        ttl_ms: row.try_get(offset + 3)?,
+        acquired_at_us: row.try_get(offset + 4)?,
+        remaining_us: row.try_get(offset + 5)?,
+    })
+}
+
+/// The NOTIFY channel for a table: `lease_` plus the table name, cut to PostgreSQL's 63 bytes.
+/// (Two long table names that share a prefix share a channel; that only causes spurious wake-ups.)
+fn channel_for(table: &TableName) -> String {
+    let mut channel = format!("lease_{}", table.as_str());
+    channel.truncate(63);
+    channel
+}
+
+fn classify(op: &str, e: sqlx::Error) -> BackendError {
+    common::classify(NAME, op, e, db_class)
+}
+
+impl sealed::Sealed for PostgresDialect {}
+
+#[async_trait]
+impl Dialect for PostgresDialect {
+    type Db = sqlx::Postgres;
+    const NAME: &'static str = NAME;
+    const PREPARE_IS_A_ROUND_TRIP: bool = true;
+
     fn new(table: &TableName) -> Self {
         let t = table.quoted('"');
+        // Names compare in byte order ("C"): keys are ASCII, and a prefix listing is then an
+        // index range scan.
+        let c = "COLLATE \"C\"";
         Self {
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\n\
-                 \x20   name        TEXT PRIMARY KEY,\n\
+                 \x20   name        TEXT {c} PRIMARY KEY,\n\
                  \x20   holder      TEXT,\n\
                  \x20   holder_meta TEXT,\n\
                  \x20   fencing     BIGINT NOT NULL,\n\
@@ -149,170 +199,281 @@ impl Statements {
                  SELECT {}, (SELECT count(pg_notify($2, name)) FROM broken) FROM old",
                 read_columns("old.")
             ),
+            list: format!(
+                "SELECT name, {} FROM {t}\n\
+                 WHERE name {c} >= $1 AND name {c} > $2 AND name {c} < $3\n\
+                 ORDER BY name {c} LIMIT $4",
+                read_columns("")
+            ),
+            list_all: format!(
+                "SELECT name, {} FROM {t}\n\
+                 WHERE name {c} >= $1 AND name {c} > $2\n\
+                 ORDER BY name {c} LIMIT $3",
+                read_columns("")
+            ),
+            channel: channel_for(table),
+            notifier: Arc::new(Notifier::default()),
+            listener_task: Mutex::new(None),
         }
     }
-}
 
-fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
-    let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
-    match code.as_str() {
-        // serialization failure, deadlock, lock not available, query canceled (statement timeout),
-        // admin shutdown, crash shutdown, cannot connect now, too many connections
-        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300" => {
-            DbClass::Transient
-        }
-        // read-only transaction (a primary being demoted during a failover: a retry may reach the
-        // new primary), statement completion unknown (the outcome is unknown: the core reads back)
-        "25006" | "40003" => DbClass::Transient,
-        // numeric value out of range: the fencing counter of a foreign row cannot be bumped
-        "22003" => DbClass::Corrupt,
-        // connection exceptions, insufficient resources
-        c if c.starts_with("08") || c.starts_with("53") => DbClass::Transient,
-        _ => DbClass::Fatal,
-    }
-}
-
-fn classify(op: &str, e: sqlx::Error) -> BackendError {
-    common::classify(NAME, op, e, db_class)
-}
-
-fn raw_record(row: &PgRow, offset: usize) -> Result<RawRecord, sqlx::Error> {
-    Ok(RawRecord {
-        holder: row.try_get(offset)?,
-        holder_meta: row.try_get(offset + 1)?,
-        fencing: row.try_get(offset + 2)?,
-        ttl_ms: row.try_get(offset + 3)?,
-        acquired_at_us: row.try_get(offset + 4)?,
-        remaining_us: row.try_get(offset + 5)?,
-    })
-}
-
-/// The NOTIFY channel for a table: `lease_` plus the table name, cut to PostgreSQL's 63 bytes.
-/// (Two long table names that share a prefix share a channel; that only causes spurious wake-ups.)
-fn channel_for(table: &TableName) -> String {
-    let mut channel = format!("lease_{}", table.as_str());
-    channel.truncate(63);
-    channel
-}
-
-impl PostgresBackend {
-    /// Connects a pool of [`SqlOptions::default`] size to `url`
-    /// (`postgres://user:password@host:port/database?sslmode=…`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a URL that cannot be parsed;
-    /// [`Error::Backend`](crate::Error::Backend) when the server cannot be reached (transient) or
-    /// refuses the login or database (fatal). Messages never contain the password.
-    pub async fn connect(url: &str) -> Result<Self, lease_core::Error> {
-        Self::connect_with(url, SqlOptions::default()).await
+    fn capabilities(&self) -> Capabilities {
+        base_capabilities().with_notifies_waiters(true)
     }
 
-    /// Like [`PostgresBackend::connect`], with options.
-    ///
-    /// # Errors
-    /// As [`PostgresBackend::connect`].
-    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, lease_core::Error> {
+    fn create_table_sql(&self) -> &str {
+        &self.create
+    }
+
+    fn classify(op: &str, error: sqlx::Error) -> BackendError {
+        classify(op, error)
+    }
+
+    async fn connect(url: &str, options: &SqlOptions) -> Result<PgPool, lease_core::Error> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        let pool = PgPoolOptions::new()
+        PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
-            .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        Ok(Self::from_pool(pool, options))
+            .map_err(|e| common::connect_error(NAME, url, e, db_class))
     }
 
-    /// Uses an existing pool. Operations run in autocommit on connections taken from it;
-    /// [`Backend::wait_for_change`] opens one more connection with the pool's options, outside
-    /// the pool, for `LISTEN` once first used.
-    pub fn from_pool(pool: PgPool, options: SqlOptions) -> Self {
-        let sql = Statements::new(&options.table);
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                channel: channel_for(&options.table),
-                table: options.table,
-                sql,
-                stats: Stats::default(),
-                notifier: Arc::new(Notifier::default()),
-                listener_task: Mutex::new(None),
-            }),
-        }
-    }
-
-    /// The `CREATE TABLE IF NOT EXISTS` statement [`PostgresBackend::migrate`] runs, for teams that
-    /// manage schema with their own migration tool.
-    pub fn create_table_sql(&self) -> String {
-        self.inner.sql.create.clone()
-    }
-
-    /// Creates the lease table if it does not exist (idempotent). The schema, if the table name
-    /// has one, must exist.
-    ///
-    /// # Errors
-    /// [`Error::Backend`](crate::Error::Backend), fatal when the role may not create tables.
-    pub async fn migrate(&self) -> Result<(), lease_core::Error> {
-        self.inner.stats.statement();
-        sqlx::query(AssertSqlSafe(self.inner.sql.create.as_str()))
-            .execute(&self.inner.pool)
+    async fn execute(
+        &self,
+        conn: &mut PgConnection,
+        sql: &str,
+        trips: &RoundTrips,
+    ) -> Result<(), BackendError> {
+        trips.add(1);
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
             .await
             .map_err(|e| classify("migrate", e))?;
         Ok(())
     }
 
-    /// The pool operations run on.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+    async fn acquire(
+        &self,
+        conn: &mut PgConnection,
+        request: &AcquireRequest,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<AcquireReply, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.acquire.as_str()))
+            .bind(request.key.as_str())
+            .bind(request.holder.to_string())
+            .bind(request.metadata.as_str())
+            .bind(ttl_ms)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| classify("acquire", e))?;
+        let Some(row) = row else {
+            return Ok(AcquireReply::ReadBack);
+        };
+        let fencing: i64 = row.try_get(0).map_err(|e| classify("acquire", e))?;
+        let granted: i64 = row.try_get(1).map_err(|e| classify("acquire", e))?;
+        Ok(AcquireReply::Granted {
+            fencing: common::fencing(NAME, fencing)?,
+            ttl: granted_ttl(NAME, granted)?,
+        })
     }
 
-    /// The lease table.
-    pub fn table(&self) -> &TableName {
-        &self.inner.table
-    }
-
-    /// How many SQL statements this backend has sent (a metric; tests use it to count round
-    /// trips). `LISTEN` traffic is not counted.
-    pub fn statements_sent(&self) -> u64 {
-        self.inner.stats.statements()
-    }
-
-    async fn read(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read.as_str()))
+    async fn read(
+        &self,
+        conn: &mut PgConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.read.as_str()))
             .bind(key.as_str())
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(conn)
             .await
             .map_err(|e| classify("read", e))?;
         match row {
             None => Ok(None),
-            Some(row) => {
-                let raw = raw_record(&row, 0).map_err(|e| classify("read", e))?;
-                raw.decode(NAME, key).map(Some)
-            }
+            Some(row) => raw_record(&row, 0)
+                .map_err(|e| classify("read", e))?
+                .decode(NAME, key)
+                .map(Some),
         }
     }
 
+    async fn renew(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        holder: &str,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.renew.as_str()))
+            .bind(key)
+            .bind(holder)
+            .bind(ttl_ms)
+            .execute(conn)
+            .await
+            .map_err(|e| classify("renew", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn renew_batch(
+        &self,
+        conn: &mut PgConnection,
+        leases: &[BatchLease<'_>],
+        trips: &RoundTrips,
+    ) -> Result<Renewed, BackendError> {
+        let names: Vec<&str> = leases.iter().map(|l| l.key).collect();
+        let holders: Vec<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
+        let ttls: Vec<i64> = leases.iter().map(|l| l.ttl_ms).collect();
+        trips.add(1);
+        let rows = sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
+            .bind(&names)
+            .bind(&holders)
+            .bind(&ttls)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("renew_many", e))?;
+        rows.iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<HashMap<_, _>, sqlx::Error>>()
+            .map_err(|e| classify("renew_many", e))
+    }
+
+    async fn release(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        holder: &str,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let released: i64 = sqlx::query_scalar(AssertSqlSafe(self.release.as_str()))
+            .bind(key)
+            .bind(holder)
+            .bind(&self.channel)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| classify("release", e))?;
+        Ok(released == 1)
+    }
+
+    async fn break_lease(
+        &self,
+        conn: &mut PgConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.break_lease.as_str()))
+            .bind(key.as_str())
+            .bind(&self.channel)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| classify("break", e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => raw_record(&row, 0)
+                .map_err(|e| classify("break", e))?
+                .decode(NAME, key)
+                .map(Some),
+        }
+    }
+
+    async fn list_page(
+        &self,
+        conn: &mut PgConnection,
+        page: ListPage<'_>,
+        trips: &RoundTrips,
+    ) -> Result<Vec<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let query = match page.until {
+            Some(until) => sqlx::query(AssertSqlSafe(self.list.as_str()))
+                .bind(page.from)
+                .bind(page.after)
+                .bind(until),
+            None => sqlx::query(AssertSqlSafe(self.list_all.as_str()))
+                .bind(page.from)
+                .bind(page.after),
+        };
+        let rows = query
+            .bind(page.limit)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("list", e))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0).map_err(|e| classify("list", e))?;
+                let raw = raw_record(row, 1).map_err(|e| classify("list", e))?;
+                common::decode_listed(NAME, name, raw)
+            })
+            .collect()
+    }
+
+    fn contended(&self, pool: &PgPool, key: &LeaseKey) {
+        self.ensure_listener(pool);
+        self.notifier.saw_held(key.as_str());
+    }
+
+    async fn wait_for_change(
+        &self,
+        pool: &PgPool,
+        key: &LeaseKey,
+        max_wait: Duration,
+    ) -> Result<(), BackendError> {
+        self.ensure_listener(pool);
+        let notifier = &self.notifier;
+        let (notify, generation) = {
+            let mut keys = notifier.keys();
+            let watch = keys
+                .entry(key.as_str().to_owned())
+                .or_insert_with(KeyWatch::new);
+            if watch.generation != watch.seen {
+                // Released since the contended acquire was answered: try again now.
+                watch.seen = watch.generation;
+                return Ok(());
+            }
+            (Arc::clone(&watch.notify), watch.generation)
+        };
+        // Registered from here on; a wake-up between the check above and now shows in the
+        // generation.
+        let notified = notify.notified();
+        let missed = notifier
+            .keys()
+            .get(key.as_str())
+            .is_none_or(|w| w.generation != generation);
+        if !missed {
+            let _ = tokio::time::timeout(max_wait, notified).await;
+        }
+        let mut keys = notifier.keys();
+        if let Some(watch) = keys.get_mut(key.as_str()) {
+            watch.seen = watch.generation;
+        }
+        Ok(())
+    }
+}
+
+impl PostgresDialect {
     /// Starts the shared listener task if it is not running.
-    fn ensure_listener(&self) {
-        let mut task = self
-            .inner
-            .listener_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    fn ensure_listener(&self, pool: &PgPool) {
+        let mut task = self.listener_task.lock().unwrap_or_else(|e| e.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
         // LISTEN keeps its connection for as long as it runs, so it gets a connection of its
         // own, outside the operations pool: a pool of one would otherwise be taken for good.
-        let pool = PgPoolOptions::new()
+        let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*self.inner.pool.connect_options()).clone());
-        let channel = self.inner.channel.clone();
-        let notifier = Arc::clone(&self.inner.notifier);
-        *task = Some(tokio::spawn(listen(pool, channel, notifier)));
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let channel = self.channel.clone();
+        let notifier = Arc::clone(&self.notifier);
+        *task = Some(tokio::spawn(listen(listen_pool, channel, notifier)));
     }
 }
 
@@ -416,176 +577,5 @@ impl Notifier {
         }
         let watch = keys.entry(key.to_owned()).or_insert_with(KeyWatch::new);
         watch.seen = watch.generation;
-    }
-}
-
-#[async_trait]
-impl Backend for PostgresBackend {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        base_capabilities().with_notifies_waiters(true)
-    }
-
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(request.metadata.as_str())
-            .bind(ttl)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(|e| classify("acquire", e))?;
-        if let Some(row) = row {
-            let fencing: i64 = row.try_get(0).map_err(|e| classify("acquire", e))?;
-            let granted: i64 = row.try_get(1).map_err(|e| classify("acquire", e))?;
-            return Ok(AcquireOutcome::Acquired(Grant::new(
-                common::fencing(NAME, fencing)?,
-                granted_ttl(NAME, granted)?,
-            )));
-        }
-        // Contended: someone holds it (or the row is not ours to understand). Read it.
-        self.ensure_listener();
-        self.inner.notifier.saw_held(request.key.as_str());
-        let record = self.read(&request.key).await?;
-        common::outcome_from_record(NAME, &request.holder, record)
-    }
-
-    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(ttl)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| classify("renew", e))?;
-        Ok(if done.rows_affected() == 1 {
-            RenewOutcome::Renewed(Duration::from_millis(ttl as u64))
-        } else {
-            RenewOutcome::NotHeld
-        })
-    }
-
-    async fn renew_many(
-        &self,
-        requests: &[RenewRequest],
-    ) -> Vec<Result<RenewOutcome, BackendError>> {
-        if requests.is_empty() {
-            return Vec::new();
-        }
-        let leases = common::distinct_leases(requests);
-        let names: Vec<&str> = leases.iter().map(|l| l.key).collect();
-        let holders: Vec<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
-        let ttls: Vec<i64> = leases.iter().map(|l| l.ttl_ms).collect();
-        self.inner.stats.statement();
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
-            .bind(&names)
-            .bind(&holders)
-            .bind(&ttls)
-            .fetch_all(&self.inner.pool)
-            .await;
-        let renewed: Result<HashMap<(String, String), i64>, sqlx::Error> = rows.and_then(|rows| {
-            rows.iter()
-                .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-                .collect()
-        });
-        match renewed {
-            Ok(renewed) => common::renew_results(NAME, requests, &renewed),
-            Err(e) => {
-                let e = classify("renew_many", e);
-                requests
-                    .iter()
-                    .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
-                    .collect()
-            }
-        }
-    }
-
-    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
-        self.inner.stats.statement();
-        let released: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.release.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(&self.inner.channel)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(|e| classify("release", e))?;
-        Ok(if released == 1 {
-            ReleaseOutcome::Released
-        } else {
-            ReleaseOutcome::NotHeld
-        })
-    }
-
-    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.read(key).await
-    }
-
-    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.break_lease.as_str()))
-            .bind(key.as_str())
-            .bind(&self.inner.channel)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(|e| classify("break", e))?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let raw = raw_record(&row, 0).map_err(|e| classify("break", e))?;
-                raw.decode(NAME, key).map(Some)
-            }
-        }
-    }
-
-    async fn wait_for_change(
-        &self,
-        key: &LeaseKey,
-        max_wait: Duration,
-    ) -> Result<(), BackendError> {
-        self.ensure_listener();
-        let notifier = &self.inner.notifier;
-        let (notify, generation) = {
-            let mut keys = notifier.keys();
-            let watch = keys
-                .entry(key.as_str().to_owned())
-                .or_insert_with(KeyWatch::new);
-            if watch.generation != watch.seen {
-                // Released since the contended acquire was answered: try again now.
-                watch.seen = watch.generation;
-                return Ok(());
-            }
-            (Arc::clone(&watch.notify), watch.generation)
-        };
-        // Registered from here on; a wake-up between the check above and now shows in the
-        // generation.
-        let notified = notify.notified();
-        let missed = notifier
-            .keys()
-            .get(key.as_str())
-            .is_none_or(|w| w.generation != generation);
-        if !missed {
-            let _ = tokio::time::timeout(max_wait, notified).await;
-        }
-        let mut keys = notifier.keys();
-        if let Some(watch) = keys.get_mut(key.as_str()) {
-            watch.seen = watch.generation;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for PostgresBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresBackend")
-            .field("table", &self.inner.table)
-            .field("pool_size", &self.inner.pool.size())
-            .finish_non_exhaustive()
     }
 }

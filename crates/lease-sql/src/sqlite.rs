@@ -1,26 +1,20 @@
 //! SQLite: one upsert per acquire on SQLite's own clock, batched renewals through `json_each`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use lease_core::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, Grant, LeaseKey,
-    LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
-};
+use lease_core::{AcquireRequest, BackendError, Capabilities, LeaseKey, LeaseRecord};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection as _, Row};
 
-use crate::common::{
-    self, DbClass, FENCING_MAX, RawRecord, SqlOptions, Stats, TableName, base_capabilities,
-    granted_ttl,
-};
+use crate::backend::SqlBackend;
+use crate::common::{self, DbClass, FENCING_MAX, RawRecord, base_capabilities, granted_ttl};
+use crate::dialect::{AcquireReply, BatchLease, Dialect, ListPage, Renewed, RoundTrips, sealed};
+use crate::{SqlOptions, TableName};
 
 const NAME: &str = "sqlite";
 
@@ -28,14 +22,18 @@ const NAME: &str = "sqlite";
 /// every use within one statement.
 const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
+/// The columns a read returns: holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at
+/// (Unix ms), now (Unix ms).
+const READ_COLUMNS: &str = "holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at";
+
 /// Leases in a SQLite database file, shared safely by every process that opens the same file.
 ///
 /// Expiry is decided by SQLite's clock (`julianday('now')`, millisecond resolution) in the
 /// process running the statement; processes sharing a file share a host, so they share a clock.
 /// The file is opened in WAL mode with `synchronous = FULL` (a fencing token must survive a power
 /// loss) and a busy timeout: a write that waits longer than it for another process's write lock
-/// fails with a transient error, never as "held". Every operation is one statement, atomic under
-/// SQLite's single-writer lock.
+/// fails with a transient error, never as "held". Every lease operation is one statement, atomic
+/// under SQLite's single-writer lock.
 ///
 /// URLs: `sqlite://relative/path.db`, `sqlite:///absolute/path.db`, `sqlite::memory:`. The file
 /// is created if missing.
@@ -51,19 +49,11 @@ const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS IN
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct SqliteBackend {
-    inner: Arc<Inner>,
-}
+pub type SqliteBackend = SqlBackend<SqliteDialect>;
 
-struct Inner {
-    pool: SqlitePool,
-    table: TableName,
-    sql: Statements,
-    stats: Stats,
-}
-
-struct Statements {
+/// SQLite's statements for one table; see [`SqliteBackend`].
+#[derive(Debug)]
+pub struct SqliteDialect {
     create: String,
     acquire: String,
     read: String,
@@ -71,9 +61,53 @@ struct Statements {
     renew_many: String,
     release: String,
     break_lease: String,
+    list: String,
+    list_all: String,
 }
 
-impl Statements {
+fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
+    let code: i64 = e.code().and_then(|c| c.parse().ok()).unwrap_or_default();
+    match code & 0xff {
+        // BUSY, LOCKED (another connection or process holds the lock), IOERR, NOMEM, PROTOCOL
+        5 | 6 | 10 | 7 | 15 => DbClass::Transient,
+        // TOOBIG, MISMATCH: a value in the row is not what this library writes
+        18 | 20 => DbClass::Corrupt,
+        _ => DbClass::Fatal,
+    }
+}
+
+fn classify(op: &str, e: sqlx::Error) -> BackendError {
+    common::classify(NAME, op, e, db_class)
+}
+
+fn raw_record(row: &SqliteRow, offset: usize) -> Result<RawRecord, sqlx::Error> {
+    let acquired_ms: Option<i64> = row.try_get(offset + 4)?;
+    let expires_ms: Option<i64> = row.try_get(offset + 5)?;
+    let now_ms: i64 = row.try_get(offset + 6)?;
+    Ok(RawRecord {
+        holder: row.try_get(offset)?,
+        holder_meta: row.try_get(offset + 1)?,
+        fencing: row.try_get(offset + 2)?,
+        ttl_ms: row.try_get(offset + 3)?,
+        acquired_at_us: acquired_ms.and_then(|ms| ms.checked_mul(1000)),
+        remaining_us: expires_ms
+            .and_then(|ms| ms.checked_sub(now_ms))
+            .and_then(|ms| ms.checked_mul(1000)),
+    })
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+impl sealed::Sealed for SqliteDialect {}
+
+#[async_trait]
+impl Dialect for SqliteDialect {
+    type Db = sqlx::Sqlite;
+    const NAME: &'static str = NAME;
+    const PREPARE_IS_A_ROUND_TRIP: bool = false;
+
     fn new(table: &TableName) -> Self {
         let t = table.quoted('"');
         Self {
@@ -106,10 +140,7 @@ impl Statements {
                  \x20      OR l.holder = excluded.holder)\n\
                  RETURNING fencing, ttl_ms"
             ),
-            read: format!(
-                "SELECT holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at, {NOW}\n\
-                 FROM {t} WHERE name = ?1"
-            ),
+            read: format!("SELECT {READ_COLUMNS}, {NOW} FROM {t} WHERE name = ?1"),
             renew: format!(
                 "UPDATE {t} SET ttl_ms = ?3, expires_at = {NOW} + ?3\n\
                  WHERE name = ?1 AND holder = ?2 AND typeof(expires_at) = 'integer' AND expires_at > {NOW}"
@@ -130,61 +161,30 @@ impl Statements {
                 "UPDATE {t} SET holder = NULL, holder_meta = NULL, acquired_at = NULL, expires_at = NULL\n\
                  WHERE name = ?1"
             ),
+            list: format!(
+                "SELECT name, {READ_COLUMNS}, {NOW} FROM {t}\n\
+                 WHERE name >= ?1 AND name > ?2 AND name < ?3 ORDER BY name LIMIT ?4"
+            ),
+            list_all: format!(
+                "SELECT name, {READ_COLUMNS}, {NOW} FROM {t}\n\
+                 WHERE name >= ?1 AND name > ?2 ORDER BY name LIMIT ?3"
+            ),
         }
     }
-}
 
-fn db_class(e: &dyn sqlx::error::DatabaseError) -> DbClass {
-    let code: i64 = e.code().and_then(|c| c.parse().ok()).unwrap_or_default();
-    match code & 0xff {
-        // BUSY, LOCKED (another connection or process holds the lock), IOERR, NOMEM, PROTOCOL
-        5 | 6 | 10 | 7 | 15 => DbClass::Transient,
-        // TOOBIG, MISMATCH: a value in the row is not what this library writes
-        18 | 20 => DbClass::Corrupt,
-        _ => DbClass::Fatal,
-    }
-}
-
-fn classify(op: &str, e: sqlx::Error) -> BackendError {
-    common::classify(NAME, op, e, db_class)
-}
-
-fn raw_record(row: &SqliteRow) -> Result<RawRecord, sqlx::Error> {
-    let acquired_ms: Option<i64> = row.try_get(4)?;
-    let expires_ms: Option<i64> = row.try_get(5)?;
-    let now_ms: i64 = row.try_get(6)?;
-    Ok(RawRecord {
-        holder: row.try_get(0)?,
-        holder_meta: row.try_get(1)?,
-        fencing: row.try_get(2)?,
-        ttl_ms: row.try_get(3)?,
-        acquired_at_us: acquired_ms.and_then(|ms| ms.checked_mul(1000)),
-        remaining_us: expires_ms
-            .and_then(|ms| ms.checked_sub(now_ms))
-            .and_then(|ms| ms.checked_mul(1000)),
-    })
-}
-
-fn is_in_memory(url: &str) -> bool {
-    url.contains(":memory:") || url.contains("mode=memory")
-}
-
-impl SqliteBackend {
-    /// Opens (creating if missing) the database at `url`: `sqlite://relative/path.db`,
-    /// `sqlite:///absolute/path.db` or `sqlite::memory:`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a URL that cannot be parsed;
-    /// [`Error::Backend`](crate::Error::Backend) when the file cannot be opened.
-    pub async fn connect(url: &str) -> Result<Self, lease_core::Error> {
-        Self::connect_with(url, SqlOptions::default()).await
+    fn capabilities(&self) -> Capabilities {
+        base_capabilities()
     }
 
-    /// Like [`SqliteBackend::connect`], with options.
-    ///
-    /// # Errors
-    /// As [`SqliteBackend::connect`].
-    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, lease_core::Error> {
+    fn create_table_sql(&self) -> &str {
+        &self.create
+    }
+
+    fn classify(op: &str, error: sqlx::Error) -> BackendError {
+        classify(op, error)
+    }
+
+    async fn connect(url: &str, options: &SqlOptions) -> Result<SqlitePool, lease_core::Error> {
         let memory = is_in_memory(url);
         let mut connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| common::connect_error(NAME, url, e, db_class))?
@@ -204,214 +204,192 @@ impl SqliteBackend {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let pool = pool
-            .connect_with(connect)
+        pool.connect_with(connect)
             .await
-            .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
-        Ok(Self::from_pool(pool, options))
+            .map_err(|e| common::connect_error(NAME, url, e, db_class))
     }
 
-    /// Uses an existing pool. For several processes sharing a file, open it with WAL and a busy
-    /// timeout as [`SqliteBackend::connect`] does.
-    pub fn from_pool(pool: SqlitePool, options: SqlOptions) -> Self {
-        let sql = Statements::new(&options.table);
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                table: options.table,
-                sql,
-                stats: Stats::default(),
-            }),
-        }
-    }
-
-    /// The `CREATE TABLE IF NOT EXISTS` statement [`SqliteBackend::migrate`] runs.
-    pub fn create_table_sql(&self) -> String {
-        self.inner.sql.create.clone()
-    }
-
-    /// Creates the lease table if it does not exist (idempotent).
-    ///
-    /// # Errors
-    /// [`Error::Backend`](crate::Error::Backend) when the file is read-only or locked too long.
-    pub async fn migrate(&self) -> Result<(), lease_core::Error> {
-        self.inner.stats.statement();
-        sqlx::query(AssertSqlSafe(self.inner.sql.create.as_str()))
-            .execute(&self.inner.pool)
+    async fn execute(
+        &self,
+        conn: &mut SqliteConnection,
+        sql: &str,
+        trips: &RoundTrips,
+    ) -> Result<(), BackendError> {
+        trips.add(1);
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
             .await
             .map_err(|e| classify("migrate", e))?;
         Ok(())
     }
 
-    /// The pool operations run on.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+    async fn acquire(
+        &self,
+        conn: &mut SqliteConnection,
+        request: &AcquireRequest,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<AcquireReply, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.acquire.as_str()))
+            .bind(request.key.as_str())
+            .bind(request.holder.to_string())
+            .bind(request.metadata.as_str())
+            .bind(ttl_ms)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| classify("acquire", e))?;
+        let Some(row) = row else {
+            return Ok(AcquireReply::ReadBack);
+        };
+        let fencing: i64 = row.try_get(0).map_err(|e| classify("acquire", e))?;
+        let granted: i64 = row.try_get(1).map_err(|e| classify("acquire", e))?;
+        Ok(AcquireReply::Granted {
+            fencing: common::fencing(NAME, fencing)?,
+            ttl: granted_ttl(NAME, granted)?,
+        })
     }
 
-    /// The lease table.
-    pub fn table(&self) -> &TableName {
-        &self.inner.table
-    }
-
-    /// How many SQL statements this backend has sent (a metric; tests use it to count round
-    /// trips).
-    pub fn statements_sent(&self) -> u64 {
-        self.inner.stats.statements()
-    }
-
-    async fn read(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read.as_str()))
+    async fn read(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.read.as_str()))
             .bind(key.as_str())
-            .fetch_optional(&self.inner.pool)
+            .fetch_optional(conn)
             .await
             .map_err(|e| classify("read", e))?;
         match row {
             None => Ok(None),
-            Some(row) => raw_record(&row)
+            Some(row) => raw_record(&row, 0)
                 .map_err(|e| classify("read", e))?
                 .decode(NAME, key)
                 .map(Some),
         }
     }
-}
 
-#[async_trait]
-impl Backend for SqliteBackend {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        base_capabilities()
-    }
-
-    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.acquire.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(request.metadata.as_str())
-            .bind(ttl)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(|e| classify("acquire", e))?;
-        if let Some(row) = row {
-            let fencing: i64 = row.try_get(0).map_err(|e| classify("acquire", e))?;
-            let granted: i64 = row.try_get(1).map_err(|e| classify("acquire", e))?;
-            return Ok(AcquireOutcome::Acquired(Grant::new(
-                common::fencing(NAME, fencing)?,
-                granted_ttl(NAME, granted)?,
-            )));
-        }
-        let record = self.read(&request.key).await?;
-        common::outcome_from_record(NAME, &request.holder, record)
-    }
-
-    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
-        self.inner.stats.statement();
-        let ttl = common::checked_ttl(NAME, request.ttl)?;
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.renew.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(ttl)
-            .execute(&self.inner.pool)
+    async fn renew(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &str,
+        holder: &str,
+        ttl_ms: i64,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.renew.as_str()))
+            .bind(key)
+            .bind(holder)
+            .bind(ttl_ms)
+            .execute(conn)
             .await
             .map_err(|e| classify("renew", e))?;
-        Ok(if done.rows_affected() == 1 {
-            RenewOutcome::Renewed(Duration::from_millis(ttl as u64))
-        } else {
-            RenewOutcome::NotHeld
-        })
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn renew_many(
+    async fn renew_batch(
         &self,
-        requests: &[RenewRequest],
-    ) -> Vec<Result<RenewOutcome, BackendError>> {
-        if requests.is_empty() {
-            return Vec::new();
-        }
-        let batch = common::json_batch(&common::distinct_leases(requests));
-        self.inner.stats.statement();
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.renew_many.as_str()))
-            .bind(batch)
-            .fetch_all(&self.inner.pool)
-            .await;
-        let renewed: Result<HashMap<(String, String), i64>, sqlx::Error> = rows.and_then(|rows| {
-            rows.iter()
-                .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-                .collect()
-        });
-        match renewed {
-            Ok(renewed) => common::renew_results(NAME, requests, &renewed),
-            Err(e) => {
-                let e = classify("renew_many", e);
-                requests
-                    .iter()
-                    .map(|_| Err(BackendError::new(e.kind(), NAME, e.message().to_owned())))
-                    .collect()
-            }
-        }
+        conn: &mut SqliteConnection,
+        leases: &[BatchLease<'_>],
+        trips: &RoundTrips,
+    ) -> Result<Renewed, BackendError> {
+        trips.add(1);
+        let rows = sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
+            .bind(common::json_batch(leases))
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("renew_many", e))?;
+        rows.iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<HashMap<_, _>, sqlx::Error>>()
+            .map_err(|e| classify("renew_many", e))
     }
 
-    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
-        self.inner.stats.statement();
-        let done = sqlx::query(AssertSqlSafe(self.inner.sql.release.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .execute(&self.inner.pool)
+    async fn release(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &str,
+        holder: &str,
+        trips: &RoundTrips,
+    ) -> Result<bool, BackendError> {
+        trips.add(1);
+        let done = sqlx::query(AssertSqlSafe(self.release.as_str()))
+            .bind(key)
+            .bind(holder)
+            .execute(conn)
             .await
             .map_err(|e| classify("release", e))?;
-        Ok(if done.rows_affected() == 1 {
-            ReleaseOutcome::Released
-        } else {
-            ReleaseOutcome::NotHeld
-        })
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.read(key).await
-    }
-
-    async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+    async fn break_lease(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &LeaseKey,
+        trips: &RoundTrips,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
         // Read and clear under one write lock (BEGIN IMMEDIATE), so the record returned is the one
-        // that was broken.
-        let mut tx = self
-            .inner
-            .pool
+        // that was broken: BEGIN, SELECT, UPDATE, COMMIT.
+        trips.add(1);
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| classify("break", e))?;
-        self.inner.stats.statement();
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.read.as_str()))
+        trips.add(1);
+        let row = sqlx::query(AssertSqlSafe(self.read.as_str()))
             .bind(key.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| classify("break", e))?;
         let Some(row) = row else {
+            trips.add(1);
+            tx.rollback().await.map_err(|e| classify("break", e))?;
             return Ok(None);
         };
-        let before = raw_record(&row)
+        let before = raw_record(&row, 0)
             .map_err(|e| classify("break", e))
             .and_then(|raw| raw.decode(NAME, key));
-        self.inner.stats.statement();
-        sqlx::query(AssertSqlSafe(self.inner.sql.break_lease.as_str()))
+        trips.add(1);
+        sqlx::query(AssertSqlSafe(self.break_lease.as_str()))
             .bind(key.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| classify("break", e))?;
+        trips.add(1);
         tx.commit().await.map_err(|e| classify("break", e))?;
         before.map(Some)
     }
-}
 
-impl fmt::Debug for SqliteBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteBackend")
-            .field("table", &self.inner.table)
-            .field("pool_size", &self.inner.pool.size())
-            .finish_non_exhaustive()
+    async fn list_page(
+        &self,
+        conn: &mut SqliteConnection,
+        page: ListPage<'_>,
+        trips: &RoundTrips,
+    ) -> Result<Vec<LeaseRecord>, BackendError> {
+        trips.add(1);
+        let query = match page.until {
+            Some(until) => sqlx::query(AssertSqlSafe(self.list.as_str()))
+                .bind(page.from)
+                .bind(page.after)
+                .bind(until),
+            None => sqlx::query(AssertSqlSafe(self.list_all.as_str()))
+                .bind(page.from)
+                .bind(page.after),
+        };
+        let rows = query
+            .bind(page.limit)
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("list", e))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0).map_err(|e| classify("list", e))?;
+                let raw = raw_record(row, 1).map_err(|e| classify("list", e))?;
+                common::decode_listed(NAME, name, raw)
+            })
+            .collect()
     }
 }

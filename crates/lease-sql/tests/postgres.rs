@@ -421,7 +421,7 @@ async fn ten_thousand_leases_renew_with_one_statement_per_interval() {
     let counter = backend.clone();
     support::many_leases_one_statement_per_interval(
         Arc::new(backend),
-        move || counter.statements_sent(),
+        move || counter.round_trips(),
         10_000,
         1,
     )
@@ -462,4 +462,57 @@ async fn connect_errors_are_classified_and_never_show_the_password() {
         let backend = PostgresBackend::connect(&with_password).await.unwrap();
         assert!(!format!("{backend:?}").contains("hunter2"));
     }
+}
+
+#[tokio::test]
+async fn list_returns_the_prefix_sorted() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    support::list_returns_the_prefix_sorted(Arc::new(backend)).await;
+}
+
+#[tokio::test]
+async fn round_trips_are_counted() {
+    let Some(url) = url() else { return };
+    let options = SqlOptions::default()
+        .with_table(unique_table())
+        .with_max_connections(1);
+    let backend = PostgresBackend::connect_with(&url, options).await.unwrap();
+    backend.migrate().await.unwrap();
+    let counter = backend.clone();
+    support::round_trips_are_counted(Arc::new(backend), move || counter.round_trips(), 1, 1).await;
+}
+
+#[tokio::test]
+async fn connect_picks_the_dialect_from_the_url() {
+    let Some(url) = url() else { return };
+    let table = unique_table();
+    for url in [url.clone(), url.replacen("postgres://", "postgresql://", 1)] {
+        let backend =
+            lease_sql::connect_with(&url, SqlOptions::default().with_table(table.clone()))
+                .await
+                .unwrap();
+        assert!(
+            matches!(backend, lease_sql::AnySqlBackend::Postgres(_)),
+            "{backend:?}"
+        );
+        assert_eq!(backend.name(), "postgres");
+        backend.migrate().await.unwrap();
+        let lease = Locker::new(backend)
+            .try_acquire("any")
+            .await
+            .unwrap()
+            .unwrap();
+        lease.release().await.unwrap();
+    }
+    let direct = PostgresBackend::connect_with(&url, SqlOptions::default().with_table(table))
+        .await
+        .unwrap();
+    let record = direct
+        .inspect(&LeaseKey::new("any").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.fencing.get(), 2, "both URLs reached the same table");
 }

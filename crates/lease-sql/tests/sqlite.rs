@@ -203,7 +203,7 @@ async fn ten_thousand_leases_renew_with_one_statement_per_interval() {
     let counter = backend.clone();
     support::many_leases_one_statement_per_interval(
         Arc::new(backend),
-        move || counter.statements_sent(),
+        move || counter.round_trips(),
         10_000,
         1,
     )
@@ -320,5 +320,51 @@ async fn sqlite_child_worker() {
         file.write_all(format!("exit {token}\n").as_bytes())
             .unwrap();
         lease.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn list_returns_the_prefix_sorted() {
+    support::list_returns_the_prefix_sorted(Arc::new(backend().await)).await;
+}
+
+#[tokio::test]
+async fn round_trips_are_counted() {
+    let backend = backend_at(&fresh_db(), SqlOptions::default().with_max_connections(1)).await;
+    let counter = backend.clone();
+    // In-process: no prepare round trips. A break is BEGIN IMMEDIATE, SELECT, UPDATE, COMMIT.
+    support::round_trips_are_counted(Arc::new(backend), move || counter.round_trips(), 0, 4).await;
+}
+
+#[tokio::test]
+async fn connect_picks_the_dialect_from_the_url() {
+    let path = fresh_db();
+    let backend = lease_sql::connect(&url_of(&path)).await.unwrap();
+    assert!(
+        matches!(backend, lease_sql::AnySqlBackend::Sqlite(_)),
+        "{backend:?}"
+    );
+    backend.migrate().await.unwrap();
+    let lease = Locker::new(backend)
+        .try_acquire("any")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.fencing_token().get(), 1);
+    lease.release().await.unwrap();
+    for (url, says) in [
+        ("redis://me:hunter2@cache:6379", "unknown scheme `redis:`"),
+        ("no scheme at all", "expected postgres://"),
+        ("", "expected postgres://"),
+        #[cfg(not(feature = "postgres"))]
+        ("postgres://me:hunter2@db/x", "`postgres` feature"),
+        #[cfg(not(feature = "mysql"))]
+        ("mysql://me:hunter2@db/x", "`mysql` feature"),
+    ] {
+        let err = lease_sql::connect(url).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url}: {err}");
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains(says), "{url}: {shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

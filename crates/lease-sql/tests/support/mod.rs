@@ -390,3 +390,124 @@ pub async fn duplicate_renewals_report_the_stored_ttl(backend: Arc<dyn Backend>)
         granted[0]
     );
 }
+
+/// `list(prefix)`: every record under the prefix and nothing else, sorted by key in byte order,
+/// across pages (more than 1,000 records), with `_` matched literally (a legal key character,
+/// and a `LIKE` wildcard), and free, held and expired records in their states.
+pub async fn list_returns_the_prefix_sorted(backend: Arc<dyn Backend>) {
+    let p = format!("list-{}", random_suffix());
+    let metadata = lease_sql::HolderMetadata::new("lister").unwrap();
+    let acquire = |key: String, ttl: Duration| {
+        let backend = Arc::clone(&backend);
+        let metadata = metadata.clone();
+        async move {
+            let holder = HolderToken::generate();
+            let request = AcquireRequest::new(LeaseKey::new(&key).unwrap(), holder, ttl, metadata);
+            let outcome = backend.acquire(&request).await.unwrap();
+            assert!(
+                matches!(outcome, AcquireOutcome::Acquired(_)),
+                "{outcome:?}"
+            );
+            holder
+        }
+    };
+    const MANY: usize = 1_050;
+    futures_util::stream::iter(0..MANY)
+        .map(|i| acquire(format!("{p}/many/{i:05}"), Duration::from_secs(60)))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let held = acquire(format!("{p}/a_b"), Duration::from_secs(60)).await;
+    acquire(format!("{p}/aXb"), Duration::from_secs(60)).await;
+    let released = acquire(format!("{p}/a_c"), Duration::from_secs(60)).await;
+    backend
+        .release(&ReleaseRequest::new(
+            LeaseKey::new(format!("{p}/a_c")).unwrap(),
+            released,
+        ))
+        .await
+        .unwrap();
+    acquire(format!("{p}/a_d"), Duration::from_millis(50)).await;
+    // Just past the prefix `{p}/` in byte order ('0' follows '/'): never listed under it.
+    acquire(format!("{p}0"), Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let underscored = backend.list(&format!("{p}/a_")).await.unwrap();
+    let keys: Vec<&str> = underscored.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [format!("{p}/a_b"), format!("{p}/a_c"), format!("{p}/a_d")],
+        "`_` must match itself only"
+    );
+    assert!(underscored[0].is_held_by(&held), "{:?}", underscored[0]);
+    assert_eq!(underscored[1].state, RecordState::Free);
+    assert_eq!(underscored[2].state, RecordState::Expired);
+
+    let all = backend.list(&format!("{p}/")).await.unwrap();
+    assert_eq!(
+        all.len(),
+        MANY + 4,
+        "every record under the prefix, across pages"
+    );
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].key.as_str().as_bytes() < w[1].key.as_str().as_bytes()),
+        "not sorted by key"
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.key.as_str().starts_with(&format!("{p}/")))
+    );
+    // Byte order: 'X' (0x58) before '_' (0x5f) before 'm' (0x6d).
+    assert_eq!(all[0].key.as_str(), format!("{p}/aXb"));
+    assert_eq!(all[1].key.as_str(), format!("{p}/a_b"));
+    assert_eq!(all[4].key.as_str(), format!("{p}/many/00000"));
+    let everything = backend.list("").await.unwrap();
+    assert_eq!(
+        everything.len(),
+        MANY + 5,
+        "the empty prefix lists the whole table"
+    );
+    assert!(backend.list(&format!("{p}/none")).await.unwrap().is_empty());
+    let err = backend.list("bad prefix").await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+}
+
+/// Round trips are counted as sent: the first use of a statement on a (single) pooled connection
+/// costs `prepare` extra, a repeat costs 1; a break costs `break_trips`.
+pub async fn round_trips_are_counted(
+    backend: Arc<dyn Backend>,
+    round_trips: impl Fn() -> u64,
+    prepare: u64,
+    break_trips: u64,
+) {
+    let metadata = lease_sql::HolderMetadata::new("count").unwrap();
+    let request = |key: &LeaseKey| {
+        AcquireRequest::new(
+            key.clone(),
+            HolderToken::generate(),
+            Duration::from_secs(30),
+            metadata.clone(),
+        )
+    };
+    let (a, b) = (
+        LeaseKey::new(format!("count-{}", random_suffix())).unwrap(),
+        LeaseKey::new(format!("count-{}", random_suffix())).unwrap(),
+    );
+    let before = round_trips();
+    backend.acquire(&request(&a)).await.unwrap();
+    assert_eq!(round_trips() - before, 1 + prepare, "first acquire");
+    let before = round_trips();
+    backend.acquire(&request(&b)).await.unwrap();
+    assert_eq!(round_trips() - before, 1, "second acquire");
+    // Contended: the upsert and a read of the holder's record (first read: a prepare).
+    let before = round_trips();
+    backend.acquire(&request(&b)).await.unwrap();
+    assert_eq!(round_trips() - before, 2 + prepare, "contended acquire");
+    // Break, twice: the second one is counted without prepares.
+    backend.break_lease(&a).await.unwrap();
+    backend.acquire(&request(&a)).await.unwrap();
+    let before = round_trips();
+    backend.break_lease(&a).await.unwrap();
+    assert_eq!(round_trips() - before, break_trips, "break");
+}
