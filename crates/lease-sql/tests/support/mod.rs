@@ -120,7 +120,9 @@ pub async fn many_leases_one_statement_per_interval(
 ) {
     let counting = CountingBackend::new(Arc::clone(&backend));
     let interval = Duration::from_secs(1);
-    let ttl = Duration::from_secs(8);
+    // Long enough that a starved machine (a CI box compiling beside it) does not lose leases
+    // while 10,000 are being taken; the renew interval is what the test is about.
+    let ttl = Duration::from_secs(30);
     let locker = Locker::builder(counting.clone())
         .ttl(ttl)
         .renew_interval(interval)
@@ -133,7 +135,7 @@ pub async fn many_leases_one_statement_per_interval(
             let key = format!("{prefix}/{i}");
             async move { locker.try_acquire(&key).await }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .collect()
         .await;
     let leases: Vec<_> = leases
@@ -152,10 +154,14 @@ pub async fn many_leases_one_statement_per_interval(
         "{n} leases on one locker: renew_many calls over {intervals} intervals: {batches:?}; \
          statements: {statements_used}"
     );
-    assert_eq!(
-        statements_used,
-        batches.len() as u64 * statements_per_batch,
-        "each renew_many call must cost {statements_per_batch} statement(s) whatever its size"
+    // Round trips include a server-side prepare the first time a pooled connection runs the
+    // statement: at most one per call.
+    let calls = batches.len() as u64;
+    assert!(
+        (calls * statements_per_batch..=calls * (statements_per_batch + 1))
+            .contains(&statements_used),
+        "each renew_many call must cost {statements_per_batch} statement(s) whatever its size \
+         (plus a first-use prepare): {statements_used} for {calls} calls"
     );
     // The locker puts every lease in each batch, so one call per interval carries all of them.
     assert!(
@@ -174,7 +180,7 @@ pub async fn many_leases_one_statement_per_interval(
     assert_eq!(locker.held_count(), n);
     futures_util::stream::iter(leases)
         .map(|lease| lease.release())
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .for_each(|r| async move { r.expect("release") })
         .await;
     assert_eq!(locker.held_count(), 0);
@@ -200,7 +206,7 @@ pub async fn many_leases_one_statement_per_interval(
             let backend = Arc::clone(&backend);
             async move { backend.acquire(&request).await }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .for_each(|r| async move {
             assert!(matches!(r, Ok(AcquireOutcome::Acquired(_))), "{r:?}");
         })
@@ -237,9 +243,10 @@ pub async fn many_leases_one_statement_per_interval(
             .find(|r| !matches!(r, Ok(RenewOutcome::Renewed(_))))
     );
     assert!(matches!(results[n], Ok(RenewOutcome::NotHeld)));
-    // The one extra statement a partial batch may cost (MySQL asks which ones were renewed).
+    // The one extra statement a partial batch may cost (MySQL asks which ones were renewed),
+    // and first-use prepares of both on the connection.
     assert!(
-        used == statements_per_batch || used == statements_per_batch + 1,
+        (statements_per_batch..=statements_per_batch + 3).contains(&used),
         "{used} statements"
     );
     let record = backend.inspect(&grants[n - 1].0).await.unwrap().unwrap();
