@@ -88,7 +88,7 @@ pub(crate) const BACKENDS: &[Backend] = &[
         no_default_features: false,
         features: &[],
         test: Some("azurite"),
-        bench: None,
+        bench: Some("azure"),
         needs: &[Server::Azurite],
         optional: &[],
     },

@@ -89,6 +89,12 @@ struct Properties {
 }
 
 impl AzureBlobBackend {
+    /// The SDK client of the lease container, with this backend's credentials (for operations of
+    /// your own on the same container; changing the lease blobs' metadata breaks fencing).
+    pub fn container_client(&self) -> &BlobContainerClient {
+        &self.container
+    }
+
     /// The container the lease blobs live in.
     pub fn container_name(&self) -> &str {
         &self.container_name

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
+use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use lease_core::{InvalidInput, LeaseKey};
@@ -59,6 +60,7 @@ pub struct AzureBlobBuilder {
     credential: Option<Arc<dyn TokenCredential>>,
     api_version: Option<String>,
     connect_timeout: Option<Duration>,
+    extra_policies: Vec<Arc<dyn Policy>>,
 }
 
 impl fmt::Debug for AzureBlobBuilder {
@@ -315,6 +317,13 @@ impl AzureBlobBuilder {
         self
     }
 
+    /// Adds a pipeline policy run on every try of every request, after signing (for metrics or
+    /// tracing of your own; it must not change what was signed).
+    pub fn with_per_try_policy(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.extra_policies.push(policy);
+        self
+    }
+
     /// Validates the settings and builds the backend. Sends no request.
     ///
     /// # Errors
@@ -391,6 +400,7 @@ impl AzureBlobBuilder {
                 "none set: give an account key, a SAS token, a connection string or a token credential",
             ));
         };
+        client_options.per_try_policies.extend(self.extra_policies);
         let mut options = BlobContainerClientOptions {
             client_options,
             ..Default::default()

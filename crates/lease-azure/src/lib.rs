@@ -60,5 +60,7 @@ pub use builder::{
 };
 pub use lease_core::*;
 
-/// The Azure SDK core crate, so token credentials (Entra ID) name the same trait.
+/// The Azure SDK core crate, so token credentials (Entra ID) and policies name the same traits.
 pub use azure_core;
+/// The Azure Blob SDK crate, for [`AzureBlobBackend::container_client`].
+pub use azure_storage_blob;
