@@ -28,7 +28,9 @@ use lease_azure::{
     RetryPolicy,
 };
 
-const ITERATIONS: usize = 200;
+/// Iterations per round, and rounds (the floor and lease-azure alternate by round).
+const ITERATIONS: usize = 50;
+const ROUNDS: usize = 4;
 const HANDOFFS: usize = 10;
 const TTL: Duration = Duration::from_secs(30);
 
@@ -98,7 +100,7 @@ async fn timed<T>(samples: &mut Vec<Duration>, f: impl Future<Output = T>) -> T 
 }
 
 /// The raw SDK sequences: the floor, and the seed's acquire.
-async fn raw_sequences(backend: &AzureBlobBackend, counter: &Counter) -> [Stats; 4] {
+async fn raw_sequences(backend: &AzureBlobBackend, counter: &Counter, into: &mut Samples) {
     let container = backend.container_client();
     let prefix = random();
     let (mut acquire, mut renew, mut release, mut seed) = (vec![], vec![], vec![], vec![]);
@@ -166,20 +168,26 @@ async fn raw_sequences(backend: &AzureBlobBackend, counter: &Counter) -> [Stats;
         requests[3] += counter.0.load(Ordering::SeqCst) - before;
         blob.release_lease(id, None).await.unwrap();
     }
-    [
-        stats(
-            "floor: lease acquire + get properties + fenced set metadata",
-            acquire,
-            requests[0],
-        ),
-        stats("floor: lease renew", renew, requests[1]),
-        stats("floor: lease release", release, requests[2]),
-        stats(
-            "seed acquire: create container + put blob + lease acquire (no fencing)",
-            seed,
-            requests[3],
-        ),
-    ]
+    into.add(0, acquire, requests[0]);
+    into.add(1, renew, requests[1]);
+    into.add(2, release, requests[2]);
+    into.add(3, seed, requests[3]);
+}
+
+/// Samples and request counts of every row, gathered over alternating rounds.
+#[derive(Default)]
+struct Samples([(Vec<Duration>, u64); 8]);
+
+impl Samples {
+    fn add(&mut self, row: usize, samples: Vec<Duration>, requests: u64) {
+        self.0[row].0.extend(samples);
+        self.0[row].1 += requests;
+    }
+
+    fn stats(&mut self, row: usize, label: &str) -> Stats {
+        let (samples, requests) = std::mem::take(&mut self.0[row]);
+        stats(label, samples, requests)
+    }
 }
 
 fn lease_id() -> String {
@@ -195,7 +203,7 @@ fn lease_id() -> String {
 }
 
 /// One `Backend` call per operation, as the `Locker` sends them.
-async fn lease_ops(backend: &AzureBlobBackend, counter: &Counter) -> [Stats; 4] {
+async fn lease_ops(backend: &AzureBlobBackend, counter: &Counter, into: &mut Samples) {
     let meta = HolderMetadata::new("bench").unwrap();
     let prefix = random();
     let (mut acquire, mut renew, mut release, mut first) = (vec![], vec![], vec![], vec![]);
@@ -232,16 +240,10 @@ async fn lease_ops(backend: &AzureBlobBackend, counter: &Counter) -> [Stats; 4] 
         requests[2] += counter.0.load(Ordering::SeqCst) - before;
         assert_eq!(outcome, ReleaseOutcome::Released);
     }
-    [
-        stats("lease-azure acquire (blob exists)", acquire, requests[0]),
-        stats("lease-azure renew", renew, requests[1]),
-        stats("lease-azure release", release, requests[2]),
-        stats(
-            "lease-azure acquire, first use of a key (creates the blob)",
-            first,
-            requests[3],
-        ),
-    ]
+    into.add(4, acquire, requests[0]);
+    into.add(5, renew, requests[1]);
+    into.add(6, release, requests[2]);
+    into.add(7, first, requests[3]);
 }
 
 /// Release → a waiter blocked in `Locker::acquire` holds the key. The waiter polls with the
@@ -316,11 +318,34 @@ fn main() {
         backend.ensure_container().await.unwrap();
         // Warm up connections.
         let _ = raw_sequences_warmup(&backend).await;
-        let [floor_acquire, floor_renew, floor_release, seed] =
-            raw_sequences(&backend, &counter).await;
-        let [acquire, renew, release, first] = lease_ops(&backend, &counter).await;
+        // Alternate rounds, so a slow phase of the machine or Azurite hits every row alike.
+        let mut samples = Samples::default();
+        for _ in 0..ROUNDS {
+            raw_sequences(&backend, &counter, &mut samples).await;
+            lease_ops(&backend, &counter, &mut samples).await;
+        }
+        let floor_acquire = samples.stats(
+            0,
+            "floor: lease acquire + get properties + fenced set metadata",
+        );
+        let floor_renew = samples.stats(1, "floor: lease renew");
+        let floor_release = samples.stats(2, "floor: lease release");
+        let seed = samples.stats(
+            3,
+            "seed acquire: create container + put blob + lease acquire (no fencing)",
+        );
+        let acquire = samples.stats(4, "lease-azure acquire (blob exists)");
+        let renew = samples.stats(5, "lease-azure renew");
+        let release = samples.stats(6, "lease-azure release");
+        let first = samples.stats(
+            7,
+            "lease-azure acquire, first use of a key (creates the blob)",
+        );
         let handoff = handoff(backend.clone()).await;
-        println!("\n### Azurite ({ITERATIONS} iterations; requests per operation counted)\n");
+        println!(
+            "\n### Azurite ({} iterations; requests per operation counted)\n",
+            ITERATIONS * ROUNDS
+        );
         println!("| operation | requests | p50 ms | p99 ms | p50 / floor |");
         println!("|---|---|---|---|---|");
         print_group(&floor_acquire, &[&acquire, &first, &seed]);

@@ -536,6 +536,9 @@ impl Backend for AzureBlobBackend {
     }
 
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        // Azure renews to the acquired duration whatever is asked; still refuse what no lease
+        // could have been granted, as acquire does.
+        Self::lease_seconds(request.ttl)?;
         let blob = self.blob(&request.key);
         let result = blob
             .renew_lease(lease_id(&request.holder), None)
