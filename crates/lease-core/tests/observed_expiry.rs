@@ -402,6 +402,10 @@ async fn capabilities_declare_the_rule() {
     assert_eq!(caps.clock, ClockModel::ObservedExpiry);
     assert_eq!(caps.observation, Some(rule));
     assert_eq!(backend.rule(), rule);
+    assert_eq!(
+        backend.name(),
+        lease_core::observed::ConditionalStore::name(backend.store())
+    );
     let debug = format!("{backend:?}");
     assert!(
         debug.contains("ObservedExpiryBackend") && debug.contains("rule"),

@@ -551,3 +551,47 @@ async fn a_transient_release_error_is_retried_until_it_lands() {
     assert_eq!(faulty.calls(Op::Release), 2);
     assert!(!store.inspect(&key("k")).await.unwrap().unwrap().is_held());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_keeps_failing_gives_up_by_the_deadline() {
+    let (_, faulty) = faulty_memory();
+    let locker = locker_on(faulty.clone());
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    let deadline = lease.deadline();
+    faulty.fail_next(Op::Release, 10_000);
+    assert!(lease.release().await.is_err());
+    assert!(
+        Instant::now() <= deadline,
+        "release went on retrying {:?} past the deadline",
+        Instant::now() - deadline
+    );
+}
+
+// --- The handle given to the work ---------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_work_handle_follows_the_lease() {
+    let (_, faulty) = faulty_memory();
+    let locker = locker_on(faulty.clone());
+    let lease = locker.try_acquire("handled").await.unwrap().unwrap();
+    let handle = lease.handle();
+    assert!(handle.is_held());
+    assert_eq!(handle.key().as_str(), "handled");
+    assert_eq!(handle.fencing_token(), lease.fencing_token());
+    assert_eq!(handle.deadline(), lease.deadline());
+    for debug in [format!("{lease:?}"), format!("{handle:?}")] {
+        assert!(
+            debug.contains("handled") && debug.contains("fencing") && debug.contains("held: true"),
+            "{debug}"
+        );
+    }
+    let token = handle.cancellation_token();
+    assert!(!token.is_cancelled());
+    faulty.drop_renewals(true);
+    handle.lost().await;
+    assert!(
+        token.is_cancelled(),
+        "the handle's token was not cancelled on loss"
+    );
+    assert!(!handle.is_held());
+}
