@@ -595,3 +595,15 @@ async fn the_work_handle_follows_the_lease() {
     );
     assert!(!handle.is_held());
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_the_release_of_a_dropped_lease() {
+    let (store, faulty) = faulty_memory();
+    faulty.delay_responses(Op::Release, Duration::from_millis(100));
+    let locker = locker_on(faulty);
+    drop(locker.try_acquire("k").await.unwrap().unwrap());
+    let started = Instant::now();
+    locker.drain().await;
+    assert!(Instant::now() - started >= Duration::from_millis(100));
+    assert!(!store.inspect(&key("k")).await.unwrap().unwrap().is_held());
+}
