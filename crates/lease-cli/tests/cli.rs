@@ -1108,8 +1108,8 @@ fn the_waiting_line_fits_and_is_cleared_on_ctrl_c() {
         .spawn()
         .unwrap();
     let pid = wait_for_file(&pid_file, Duration::from_secs(10));
-    // The line appears after 300 ms and is refreshed every second: let it be drawn twice.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The line appears after 300 ms and is refreshed every second (slow machines: at least once).
+    std::thread::sleep(Duration::from_millis(2000));
     signal(pid.trim().parse().unwrap(), "-INT");
     let out = session.wait_with_output().unwrap();
     signal(holder.id(), "-TERM");
