@@ -445,3 +445,63 @@ async fn keys_that_differ_only_in_dot_segments_are_different_blobs() {
     assert!(dotted.is_some(), "a/./b and a/b mapped to the same blob");
     plain.release().await.unwrap();
 }
+
+/// Collects formatted log lines (every level) written on this thread.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn keys_and_sas_signatures_never_reach_the_logs() {
+    let Some(server) = server() else { return };
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A working account key: acquire, renew, release, all logged by the SDK and the locker.
+    let locker = Locker::new(backend_in(&server, "lease-logs"));
+    let lease = locker.try_acquire(&key("logged")).await.unwrap().unwrap();
+    lease.release().await.unwrap();
+    // A SAS (refused by Azurite: its signature is made up).
+    let sas = AzureBlobBuilder::new()
+        .with_account(lease_azure::AZURITE_ACCOUNT)
+        .with_endpoint(&server.url)
+        .with_sas_token(
+            "sv=2021-08-06&ss=b&srt=sco&sp=rwdlac&se=2099-01-01T00:00:00Z&sig=TOPSECRETSIGNATURE",
+        )
+        .with_container("lease-logs")
+        .build()
+        .unwrap();
+    let _ = Locker::new(sas).try_acquire(&key("logged")).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("Request"), "the SDK logged nothing: {text}");
+    assert!(
+        text.contains("acquire"),
+        "the locker logged nothing: {text}"
+    );
+    assert!(!text.contains("TOPSECRET"), "a SAS signature was logged");
+    assert!(
+        !text.contains(&server.key[..16]),
+        "the account key was logged"
+    );
+    assert!(
+        !text.contains("SharedKey devstoreaccount1:"),
+        "a request signature was logged"
+    );
+}
