@@ -292,6 +292,13 @@ impl Runner {
             )
         })?;
         let group = watchdog.pgid();
+        let Ok(group_id) = i32::try_from(group) else {
+            watchdog.kill_group().await;
+            return Err(CliError::new(
+                exit::SOFTWARE,
+                format!("process group {group} is out of range"),
+            ));
+        };
         let mut command = Command::new(program);
         command
             .args(args)
@@ -301,7 +308,7 @@ impl Runner {
             // The watchdog's process group, so the whole command (a shell and its children) can
             // be signalled at once, dies with `lease`, and a terminal's Ctrl-C reaches it
             // through us only.
-            .process_group(i32::try_from(group).unwrap_or(0));
+            .process_group(group_id);
         match &self.child.store_env {
             ChildStoreEnv::Keep => {}
             ChildStoreEnv::Set(url) => {

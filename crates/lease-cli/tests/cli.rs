@@ -1133,3 +1133,39 @@ fn the_waiting_line_fits_and_is_cleared_on_ctrl_c() {
     // Erased before the last message: nothing of the line is left on the screen.
     assert!(last.starts_with("lease: interrupted by SIGINT"), "{text:?}");
 }
+
+#[test]
+fn a_mariadb_database_without_the_table_is_not_changed_by_status() {
+    use lease_sql::sqlx::{AssertSqlSafe, Connection, Executor, mysql::MySqlConnection};
+    let Some(url) = server_url("LEASE_TEST_MYSQL_URL") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let database = unique("empty").replace('-', "_");
+    let sql = |statement: String| {
+        runtime.block_on(async {
+            let mut conn = MySqlConnection::connect(&url).await.unwrap();
+            // Test-made identifiers only (`unique` gives letters, digits and `_`).
+            conn.execute(AssertSqlSafe(statement)).await.unwrap();
+        })
+    };
+    sql(format!("CREATE DATABASE {database}"));
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let store = format!("{base}/{database}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(lease(dir.path()).args(["--store", &store, "list"]));
+    let tables = runtime.block_on(async {
+        let mut conn = MySqlConnection::connect(&store).await.unwrap();
+        let rows = conn.fetch_all("SHOW TABLES").await.unwrap();
+        rows.len()
+    });
+    sql(format!("DROP DATABASE {database}"));
+    let err = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(78), "{err:?}");
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("no leases table"), "{err:?}");
+    assert_eq!(tables, 0, "list created a table");
+}
