@@ -18,6 +18,9 @@ use crate::error::BackendError;
 use crate::key::LeaseKey;
 use crate::token::{FencingToken, HolderToken};
 
+/// How many renewals [`ObservedExpiryBackend`] sends at once (each is one conditional write).
+pub const RENEW_CONCURRENCY: usize = 32;
+
 /// A lease [`Backend`] over a store with conditional writes and no clock, deciding expiry by the
 /// [`ObservationRule`].
 ///
@@ -433,6 +436,23 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
                 None => RenewOutcome::NotHeld,
             },
         )
+    }
+
+    /// Renews up to [`RENEW_CONCURRENCY`] leases at a time: an object store has no batch write,
+    /// and one after the other, a few dozen renewals would outlast a short TTL.
+    async fn renew_many(
+        &self,
+        requests: &[RenewRequest],
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(RENEW_CONCURRENCY) {
+            let mut renewals = Vec::with_capacity(chunk.len());
+            for request in chunk {
+                renewals.push(self.renew(request));
+            }
+            results.extend(futures_util::future::join_all(renewals).await);
+        }
+        results
     }
 
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
