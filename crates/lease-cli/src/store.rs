@@ -373,11 +373,32 @@ pub(crate) async fn connect(url: &StoreUrl, access: Access) -> Result<Arc<dyn Ba
         Store::Mysql => sql::mysql(url, access).await,
         // Azure creates nothing for read-only commands: only acquire creates the container.
         Store::AzBlob { .. } => azure(url),
-        Store::Bucket { .. } | Store::File { .. } => Err(CliError::usage(format!(
-            "scheme {}:// is recognised but its backend is not built yet",
+        Store::Bucket { .. } => objstore(url),
+        Store::File { .. } => Err(CliError::usage(format!(
+            "{}:// stores cannot hold leases: local files have no conditional update, so two \
+             holders could both write; use sqlite:///PATH for a store on this machine",
             url.scheme()
         ))),
     }
+}
+
+/// `s3://BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]`, `az://CONTAINER[/PREFIX]` through
+/// `lease-objstore`, with credentials and endpoint from the environment as object_store reads
+/// them (`AWS_*`, `GOOGLE_*`, `AZURE_*`; see docs/backends/objstore.md).
+fn objstore(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    let backend =
+        lease_objstore::ObjectStoreBackend::from_url(url.raw(), [("", ""); 0]).map_err(|e| {
+            let code = match e {
+                lease_objstore::BuildError::InvalidUrl { .. }
+                | lease_objstore::BuildError::Unsupported(_) => exit::USAGE,
+                _ => exit::CONFIG,
+            };
+            CliError::new(
+                code,
+                url.scrub(&format!("cannot use store {}: {e}", url.redacted())),
+            )
+        })?;
+    Ok(Arc::new(backend))
 }
 
 /// `azblob://ACCOUNT/CONTAINER[/PREFIX]`, credentials from the environment as the Azure CLI reads
@@ -892,16 +913,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unbuilt_schemes_say_so() {
-        for url in ["s3://b/p", "gs://b", "az://c", "file:///tmp/x"] {
-            let parsed = StoreUrl::parse(url).unwrap();
-            let e = connect(&parsed, Access::ReadOnly).await.expect_err(url);
-            assert_eq!(e.code, exit::USAGE);
-            assert!(
-                e.message
-                    .ends_with("is recognised but its backend is not built yet"),
-                "{e}"
-            );
-        }
+    async fn file_stores_are_refused_with_the_reason() {
+        let parsed = StoreUrl::parse("file:///tmp/x").unwrap();
+        let e = connect(&parsed, Access::ReadOnly)
+            .await
+            .expect_err("file://");
+        assert_eq!(e.code, exit::USAGE);
+        assert!(e.message.contains("sqlite:///"), "{e}");
     }
 }
