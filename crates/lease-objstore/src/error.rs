@@ -3,8 +3,8 @@
 //! | object_store error | during | kind |
 //! |---|---|---|
 //! | `Precondition` (412), `NotFound` | conditional update | conflict: someone else wrote first |
-//! | `AlreadyExists` (412 / 304) | create | conflict: the object exists |
-//! | `AlreadyExists` from HTTP 409 (S3 `ConditionalRequestConflict`) | any write | transient: retry |
+//! | `AlreadyExists` (412 / 304, Azure's 409 `BlobAlreadyExists`) | create | conflict: the object exists |
+//! | `AlreadyExists` from HTTP 409 `ConditionalRequestConflict` (S3), or any 409 on update | write | transient: retry |
 //! | `PermissionDenied` (403), `Unauthenticated` (401) | any | fatal, at once |
 //! | `NotImplemented`, `NotSupported`, `UnknownConfigurationKey`, `InvalidPath` | any | fatal |
 //! | HTTP 400, 404 (a missing bucket), 405, other 4xx except 408 / 429 | any | fatal |
@@ -65,7 +65,10 @@ pub(crate) fn classify_write(store: &'static str, error: &Error, create: bool) -
     match error {
         // S3 answers 409 ConditionalRequestConflict when conditional writes race; object_store
         // reports it as AlreadyExists. Nothing was written: try again.
-        Error::AlreadyExists { .. } if status(error) == Some(409) => {
+        Error::AlreadyExists { .. }
+            if status(error) == Some(409)
+                && (!create || error.to_string().contains("ConditionalRequestConflict")) =>
+        {
             WriteFailure::Failed(BackendError::transient(
                 store,
                 format!(
@@ -181,10 +184,22 @@ mod tests {
                 "Server returned non-2xx status code: 409 Conflict: <Code>ConditionalRequestConflict</Code>",
             ),
         };
-        match classify_write("s3", &conflict, false) {
-            WriteFailure::Failed(e) => assert!(e.is_transient()),
-            other => panic!("{other:?}"),
+        for create in [true, false] {
+            match classify_write("s3", &conflict, create) {
+                WriteFailure::Failed(e) => assert!(e.is_transient()),
+                other => panic!("{other:?}"),
+            }
         }
+        let azure_exists = Error::AlreadyExists {
+            path: path(),
+            source: status(
+                "Server returned non-2xx status code: 409 Conflict: <Code>BlobAlreadyExists</Code>",
+            ),
+        };
+        assert!(matches!(
+            classify_write("azure", &azure_exists, true),
+            WriteFailure::Conflict
+        ));
         let no_bucket = Error::Generic {
             store: "S3",
             source: status("Server returned non-2xx status code: 404 Not Found: NoSuchBucket"),
