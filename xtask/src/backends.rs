@@ -108,9 +108,10 @@ pub(crate) const BACKENDS: &[Backend] = &[
         no_default_features: false,
         features: &[],
         test: Some("s3"),
-        bench: None,
+        // One bench for both servers: moto, and Azurite when it is up.
+        bench: Some("objstore"),
         needs: &[Server::S3],
-        optional: &[],
+        optional: &[Server::Azurite],
     },
     Backend {
         name: "objstore-gcs",
