@@ -4,7 +4,8 @@
 //! - `services up|down|status|env`: local test servers (PostgreSQL, MariaDB, Azurite, moto, fake-gcs-server),
 //! - `conformance`: every backend's suite against its servers, as a table,
 //! - `test`: fmt + clippy + workspace tests + doc tests + conformance, with a summary,
-//! - `bench`: backend benchmarks with their servers up.
+//! - `bench`: backend benchmarks with their servers up,
+//! - `torture`: contenders in several processes on every backend, with faults (docs/safety.md).
 //!
 //! See `docs/testing.md` for what it installs and where.
 
@@ -17,10 +18,12 @@ mod env;
 mod nextest;
 mod ports;
 mod proc;
+mod proxy;
 mod rig;
 mod services;
 mod table;
 mod testcmd;
+mod torture;
 
 use std::process::ExitCode;
 
@@ -51,6 +54,11 @@ enum Command {
     Test(ModeArgs),
     /// Run backend benchmarks (rows that declare a bench target) with their servers up.
     Bench(BenchArgs),
+    /// Contenders in several processes on every backend, with faults; counts violations.
+    Torture(torture::TortureArgs),
+    /// One torture worker process (started by `torture`).
+    #[command(hide = true)]
+    TortureWorker(torture::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +132,8 @@ fn main() -> ExitCode {
         Command::Conformance(args) => conformance::cmd(&args.backend, args.mode.mode()),
         Command::Test(mode) => testcmd::cmd(mode.mode()),
         Command::Bench(args) => bench::cmd(&args.backend),
+        Command::Torture(args) => torture::cmd(&args),
+        Command::TortureWorker(args) => torture::worker_main(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -84,6 +84,29 @@ fn cargo_step(name: &str, args: &[&str], count: Option<fn(&str) -> Option<Counts
     }
 }
 
+/// `cargo xtask torture --quick` against the rig's servers (docs/safety.md).
+fn torture_step(rig: &Rig) -> Step {
+    let started = Instant::now();
+    eprintln!("\nxtask: ==> torture: cargo xtask torture --quick");
+    let result = std::env::current_exe()
+        .map_err(anyhow::Error::from)
+        .and_then(|exe| {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["torture", "--quick"]).envs(rig.env());
+            proc::run_streamed(&mut cmd)
+        });
+    Step {
+        name: "torture --quick".into(),
+        result: match result {
+            Ok(out) if out.status.success() => StepResult::Ok,
+            Ok(_) => StepResult::Failed("violations or errors: see its table".into()),
+            Err(e) => StepResult::Failed(format!("{e:#}")),
+        },
+        counts: None,
+        duration: started.elapsed(),
+    }
+}
+
 fn render(steps: &[Step], ci: bool) -> String {
     let mut t = Table::new(["step", "result", "tests", "time"]);
     for s in steps {
@@ -225,6 +248,8 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
         });
         results.push(r);
     }
+
+    steps.push(torture_step(&rig));
 
     let down_started = Instant::now();
     let down = rig.down();

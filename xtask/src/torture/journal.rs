@@ -1,0 +1,454 @@
+//! What workers record, and the checker that reads it back.
+//!
+//! Times are `CLOCK_MONOTONIC` nanoseconds: one clock for every process on the machine, so
+//! intervals recorded by different workers compare directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Now on `CLOCK_MONOTONIC`, in nanoseconds.
+pub(crate) fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// A `tokio::time::Instant` (the lease's deadline) on the same scale as [`mono_ns`].
+pub(crate) fn instant_ns(at: tokio::time::Instant) -> u64 {
+    let now = tokio::time::Instant::now();
+    let now_ns = mono_ns();
+    if at >= now {
+        now_ns + (at - now).as_nanos() as u64
+    } else {
+        now_ns.saturating_sub((now - at).as_nanos() as u64)
+    }
+}
+
+/// One line of a worker's journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+pub(crate) enum Entry {
+    /// A grant: written as soon as `acquire` returned.
+    Grant {
+        key: String,
+        token: u64,
+        pid: u32,
+        /// When the holder learnt it holds.
+        at: u64,
+        /// Its local deadline then.
+        deadline: u64,
+    },
+    /// The end of a critical section: the holder stopped believing at `end`
+    /// (release started, or the deadline passed, whichever came first).
+    End {
+        key: String,
+        token: u64,
+        pid: u32,
+        end: u64,
+        /// The lease was lost (deadline passed, or the store said it is not held).
+        lost: bool,
+        /// When `Lease::lost()` resolved, if it did.
+        signalled: Option<u64>,
+    },
+    /// Totals a worker writes when it finishes.
+    Totals { pid: u32, acquire_errors: u64 },
+}
+
+/// Appends entries, one JSON object per line, flushed each time (a killed worker loses nothing
+/// it wrote).
+pub(crate) struct JournalWriter {
+    out: BufWriter<File>,
+}
+
+impl JournalWriter {
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            out: BufWriter::new(file),
+        })
+    }
+
+    pub(crate) fn write(&mut self, entry: &Entry) {
+        // A full disk must not take the worker down mid-lease; the checker notices the gap.
+        let _ = serde_json::to_writer(&mut self.out, entry);
+        let _ = self.out.write_all(b"\n");
+        let _ = self.out.flush();
+    }
+}
+
+pub(crate) fn read_journal(path: &Path, into: &mut Vec<Entry>) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        // The last line of a killed worker may be cut short.
+        if let Ok(entry) = serde_json::from_str(&line) {
+            into.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// One fenced write as the resource recorded it, in the order the resource applied them.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteRow {
+    pub(crate) key: String,
+    pub(crate) token: u64,
+    pub(crate) admitted: bool,
+}
+
+/// Everything the checker needs besides the journals.
+#[derive(Debug, Default)]
+pub(crate) struct RunFacts {
+    /// Writes in the order the resource applied them.
+    pub(crate) writes: Vec<WriteRow>,
+    /// Per worker pid: when it was killed.
+    pub(crate) killed_at: HashMap<u32, u64>,
+    /// Per worker pid: (stopped, resumed) intervals.
+    pub(crate) paused: HashMap<u32, Vec<(u64, u64)>>,
+    pub(crate) faults_injected: u64,
+}
+
+/// The checker's counts. The `violations` are the safety properties; each must be 0.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) acquisitions: u64,
+    pub(crate) faults_injected: u64,
+    pub(crate) acquire_errors: u64,
+    pub(crate) leases_lost: u64,
+    pub(crate) losses_signalled: u64,
+    pub(crate) fenced_writes_admitted: u64,
+    pub(crate) stale_writes_refused: u64,
+    // Violations.
+    pub(crate) overlapping_holders: u64,
+    pub(crate) stale_writes_admitted: u64,
+    pub(crate) fencing_regressions: u64,
+    pub(crate) losses_signalled_after_next_grant: u64,
+}
+
+impl Counts {
+    pub(crate) fn violations(&self) -> u64 {
+        self.overlapping_holders
+            + self.stale_writes_admitted
+            + self.fencing_regressions
+            + self.losses_signalled_after_next_grant
+    }
+
+    pub(crate) fn add(&mut self, other: &Counts) {
+        self.acquisitions += other.acquisitions;
+        self.faults_injected += other.faults_injected;
+        self.acquire_errors += other.acquire_errors;
+        self.leases_lost += other.leases_lost;
+        self.losses_signalled += other.losses_signalled;
+        self.fenced_writes_admitted += other.fenced_writes_admitted;
+        self.stale_writes_refused += other.stale_writes_refused;
+        self.overlapping_holders += other.overlapping_holders;
+        self.stale_writes_admitted += other.stale_writes_admitted;
+        self.fencing_regressions += other.fencing_regressions;
+        self.losses_signalled_after_next_grant += other.losses_signalled_after_next_grant;
+    }
+
+    /// (label, value, is a violation) rows for printing.
+    pub(crate) fn rows(&self) -> Vec<(&'static str, u64, bool)> {
+        vec![
+            ("acquisitions", self.acquisitions, false),
+            ("faults injected", self.faults_injected, false),
+            ("acquire errors (retried)", self.acquire_errors, false),
+            ("leases lost", self.leases_lost, false),
+            ("losses signalled", self.losses_signalled, false),
+            ("fenced writes admitted", self.fenced_writes_admitted, false),
+            (
+                "stale writes refused by the fence",
+                self.stale_writes_refused,
+                false,
+            ),
+            (
+                "overlapping holders by local deadline",
+                self.overlapping_holders,
+                true,
+            ),
+            (
+                "stale writes admitted by the fence",
+                self.stale_writes_admitted,
+                true,
+            ),
+            ("fencing regressions", self.fencing_regressions, true),
+            (
+                "losses signalled after the next grant",
+                self.losses_signalled_after_next_grant,
+                true,
+            ),
+        ]
+    }
+}
+
+/// A grant with its end filled in.
+#[derive(Debug, Clone)]
+struct Interval {
+    token: u64,
+    pid: u32,
+    start: u64,
+    end: u64,
+    lost: bool,
+    signalled: Option<u64>,
+    deadline_at_grant: u64,
+}
+
+/// Checks the journals and the resource's write log.
+pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
+    let mut counts = Counts {
+        faults_injected: facts.faults_injected,
+        ..Counts::default()
+    };
+    let mut grants: HashMap<(String, u64, u32), Interval> = HashMap::new();
+    for entry in entries {
+        match entry {
+            Entry::Grant {
+                key,
+                token,
+                pid,
+                at,
+                deadline,
+            } => {
+                counts.acquisitions += 1;
+                grants.insert(
+                    (key.clone(), *token, *pid),
+                    Interval {
+                        token: *token,
+                        pid: *pid,
+                        start: *at,
+                        // Unfinished (killed) until an End says otherwise.
+                        end: u64::MAX,
+                        lost: false,
+                        signalled: None,
+                        deadline_at_grant: *deadline,
+                    },
+                );
+            }
+            Entry::End {
+                key,
+                token,
+                pid,
+                end,
+                lost,
+                signalled,
+            } => {
+                if let Some(g) = grants.get_mut(&(key.clone(), *token, *pid)) {
+                    g.end = *end;
+                    g.lost = *lost;
+                    g.signalled = *signalled;
+                }
+            }
+            Entry::Totals { acquire_errors, .. } => counts.acquire_errors += acquire_errors,
+        }
+    }
+    let mut by_key: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
+    for ((key, _, _), mut g) in grants {
+        if g.end == u64::MAX {
+            // The worker died holding it: it believed until it was killed, at the latest.
+            g.end = facts
+                .killed_at
+                .get(&g.pid)
+                .copied()
+                .unwrap_or(g.deadline_at_grant)
+                .max(g.start);
+        }
+        by_key.entry(key).or_default().push(g);
+    }
+    for intervals in by_key.values_mut() {
+        intervals.sort_by_key(|g| (g.start, g.token));
+        let mut latest_end: Option<(u64, u32)> = None;
+        for (i, g) in intervals.iter().enumerate() {
+            if g.lost {
+                counts.leases_lost += 1;
+                if g.signalled.is_some() {
+                    counts.losses_signalled += 1;
+                }
+            }
+            if let Some((end, pid)) = latest_end
+                && g.start < end
+                && g.end > g.start
+            {
+                counts.overlapping_holders += 1;
+                eprintln!(
+                    "torture: OVERLAP: token {} (pid {}) held from {} while an earlier grant \
+                     (pid {pid}) believed until {end}",
+                    g.token, g.pid, g.start
+                );
+            }
+            if g.end > g.start && latest_end.is_none_or(|(end, _)| g.end > end) {
+                latest_end = Some((g.end, g.pid));
+            }
+            if i > 0 && g.token <= intervals[i - 1].token {
+                counts.fencing_regressions += 1;
+                eprintln!(
+                    "torture: FENCING REGRESSION: token {} granted after token {}",
+                    g.token,
+                    intervals[i - 1].token
+                );
+            }
+            // A lost lease must have been signalled before the key was granted again, unless
+            // its process was frozen (SIGSTOP) or killed then: nothing runs in such a process.
+            if let (true, Some(next)) = (g.lost, intervals.get(i + 1)) {
+                let frozen = facts.paused.get(&g.pid).is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|&(from, to)| from <= next.start && to >= g.end.min(next.start))
+                }) || facts.killed_at.contains_key(&g.pid);
+                match g.signalled {
+                    Some(at) if at > next.start && !frozen => {
+                        counts.losses_signalled_after_next_grant += 1;
+                        eprintln!(
+                            "torture: LATE LOSS SIGNAL: token {} (pid {}) signalled {} ms after \
+                             token {} was granted",
+                            g.token,
+                            g.pid,
+                            (at - next.start) / 1_000_000,
+                            next.token
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut highest: HashMap<&str, u64> = HashMap::new();
+    for w in &facts.writes {
+        let top = highest.entry(w.key.as_str()).or_default();
+        if w.admitted {
+            counts.fenced_writes_admitted += 1;
+            if w.token < *top {
+                counts.stale_writes_admitted += 1;
+            }
+            *top = (*top).max(w.token);
+        } else {
+            counts.stale_writes_refused += 1;
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(key: &str, token: u64, pid: u32, at: u64) -> Entry {
+        Entry::Grant {
+            key: key.into(),
+            token,
+            pid,
+            at,
+            deadline: at + 100,
+        }
+    }
+
+    fn end(key: &str, token: u64, pid: u32, end: u64) -> Entry {
+        Entry::End {
+            key: key.into(),
+            token,
+            pid,
+            end,
+            lost: false,
+            signalled: None,
+        }
+    }
+
+    #[test]
+    fn sequential_holders_are_clean() {
+        let entries = vec![
+            grant("k", 1, 1, 0),
+            end("k", 1, 1, 50),
+            grant("k", 2, 2, 60),
+            end("k", 2, 2, 70),
+            grant("j", 1, 1, 10),
+        ];
+        let c = check(&entries, &RunFacts::default());
+        assert_eq!(c.acquisitions, 3);
+        assert_eq!(c.violations(), 0);
+    }
+
+    #[test]
+    fn overlapping_holders_are_counted() {
+        let entries = vec![
+            grant("k", 1, 1, 0),
+            end("k", 1, 1, 50),
+            grant("k", 2, 2, 40),
+        ];
+        assert_eq!(check(&entries, &RunFacts::default()).overlapping_holders, 1);
+    }
+
+    #[test]
+    fn a_killed_holder_believes_until_it_was_killed() {
+        let entries = vec![grant("k", 1, 1, 0), grant("k", 2, 2, 90)];
+        let mut facts = RunFacts::default();
+        assert_eq!(
+            check(&entries, &facts).overlapping_holders,
+            1,
+            "deadline 100 > 90"
+        );
+        facts.killed_at.insert(1, 80);
+        assert_eq!(check(&entries, &facts).overlapping_holders, 0);
+    }
+
+    #[test]
+    fn fencing_regressions_are_counted() {
+        let entries = vec![
+            grant("k", 5, 1, 0),
+            end("k", 5, 1, 10),
+            grant("k", 4, 2, 20),
+        ];
+        assert_eq!(check(&entries, &RunFacts::default()).fencing_regressions, 1);
+    }
+
+    #[test]
+    fn stale_writes_admitted_are_counted() {
+        let facts = RunFacts {
+            writes: vec![
+                WriteRow {
+                    key: "k".into(),
+                    token: 2,
+                    admitted: true,
+                },
+                WriteRow {
+                    key: "k".into(),
+                    token: 1,
+                    admitted: false,
+                },
+                WriteRow {
+                    key: "k".into(),
+                    token: 1,
+                    admitted: true,
+                },
+            ],
+            ..RunFacts::default()
+        };
+        let c = check(&[], &facts);
+        assert_eq!(c.stale_writes_refused, 1);
+        assert_eq!(c.stale_writes_admitted, 1);
+    }
+
+    #[test]
+    fn a_loss_signalled_after_the_next_grant_is_counted_unless_frozen() {
+        let entries = vec![
+            grant("k", 1, 1, 0),
+            Entry::End {
+                key: "k".into(),
+                token: 1,
+                pid: 1,
+                end: 100,
+                lost: true,
+                signalled: Some(300),
+            },
+            grant("k", 2, 2, 200),
+        ];
+        let mut facts = RunFacts::default();
+        let c = check(&entries, &facts);
+        assert_eq!((c.leases_lost, c.losses_signalled), (1, 1));
+        assert_eq!(c.losses_signalled_after_next_grant, 1);
+        facts.paused.insert(1, vec![(50, 250)]);
+        assert_eq!(check(&entries, &facts).losses_signalled_after_next_grant, 0);
+    }
+}

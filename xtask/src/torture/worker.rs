@@ -1,0 +1,406 @@
+//! A torture worker: contenders taking leases through the real backend, each critical section
+//! written to the fenced resource and the journal.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use lease_core::conformance::{FaultyBackend, Op};
+use lease_core::{Backend, Error, Lease, Locker, MemoryBackend, RetryPolicy};
+use lease_sql::sqlx::postgres::PgPoolOptions;
+use lease_sql::sqlx::{self, PgPool};
+use lease_sql::{MySqlBackend, PostgresBackend, SqlOptions, SqliteBackend, TableName};
+use tokio::sync::Mutex;
+
+use super::journal::{Entry, JournalWriter, instant_ns, mono_ns};
+
+/// What one worker process does (passed on its command line).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// memory, postgres, mysql or sqlite.
+    #[arg(long)]
+    pub(crate) backend: String,
+    /// Where the lease store is (through the fault proxy for network stores).
+    #[arg(long, default_value = "")]
+    pub(crate) store_url: String,
+    /// Lease table (SQL backends).
+    #[arg(long, default_value = "leases")]
+    pub(crate) table: String,
+    /// PostgreSQL database of the fenced resource (never through the proxy).
+    #[arg(long)]
+    pub(crate) fence_url: String,
+    /// Fence table and its write log are `<fence_table>` and `<fence_table>_writes`.
+    #[arg(long)]
+    pub(crate) fence_table: String,
+    #[arg(long)]
+    pub(crate) keys: u32,
+    #[arg(long)]
+    pub(crate) contenders: u32,
+    /// Stop after this many acquisitions (by all contenders of this worker).
+    #[arg(long)]
+    pub(crate) acquisitions: u64,
+    #[arg(long)]
+    pub(crate) ttl_ms: u64,
+    #[arg(long)]
+    pub(crate) journal: PathBuf,
+    #[arg(long)]
+    pub(crate) seed: u64,
+    /// Give up after this long whatever the count.
+    #[arg(long)]
+    pub(crate) time_limit_s: u64,
+}
+
+/// The fenced resource: one row per key in PostgreSQL, written only with a newer fencing token.
+#[derive(Clone)]
+pub(crate) struct FencedResource {
+    pool: PgPool,
+    claim_sql: String,
+    write_sql: String,
+}
+
+impl FencedResource {
+    pub(crate) async fn connect(url: &str, table: &str, max: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            // The checker needs the order of writes, not their survival of a server crash:
+            // without a flush per commit the resource keeps up with hundreds of holders a second.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET synchronous_commit = off")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(url)
+            .await
+            .context("connecting to the fence database")?;
+        // The write log's serial orders writes as the resource applied them: the row lock taken
+        // by the UPDATE is held until the statement's transaction ends.
+        let sql = |op: &str| {
+            format!(
+                "WITH upd AS (UPDATE {table} SET fence = $2, writes = writes + 1 \
+                 WHERE key = $1 AND fence {op} $2 RETURNING 1) \
+                 INSERT INTO {table}_writes (key, token, admitted, pid) \
+                 SELECT $1, $2, EXISTS (SELECT 1 FROM upd), $3 RETURNING admitted"
+            )
+        };
+        Ok(Self {
+            pool,
+            // The first write of a critical section claims the resource: `fence < token`.
+            claim_sql: sql("<"),
+            // Later writes of the same grant: still ours, or a newer one took it.
+            write_sql: sql("<="),
+        })
+    }
+
+    pub(crate) async fn create(&self, table: &str, keys: u32) -> Result<()> {
+        for stmt in [
+            format!(
+                "CREATE TABLE {table} (key TEXT PRIMARY KEY, fence BIGINT NOT NULL, writes BIGINT NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE {table}_writes (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, \
+                 token BIGINT NOT NULL, admitted BOOLEAN NOT NULL, pid INT NOT NULL)"
+            ),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
+                .execute(&self.pool)
+                .await?;
+        }
+        for k in 0..keys {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (key, fence, writes) VALUES ($1, 0, 0)"
+            )))
+            .bind(key_name(k))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn drop_tables(&self, table: &str) -> Result<()> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_writes"
+        )))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every write, in the order the resource applied them.
+    pub(crate) async fn writes(&self, table: &str) -> Result<Vec<super::journal::WriteRow>> {
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT key, token, admitted FROM {table}_writes ORDER BY seq"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, token, admitted)| super::journal::WriteRow {
+                key,
+                token: token as u64,
+                admitted,
+            })
+            .collect())
+    }
+
+    async fn write(&self, key: &str, token: u64, claim: bool) -> Result<bool> {
+        let sql = if claim {
+            &self.claim_sql
+        } else {
+            &self.write_sql
+        };
+        let admitted: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(key)
+            .bind(token as i64)
+            .bind(std::process::id() as i32)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(admitted)
+    }
+}
+
+pub(crate) fn key_name(k: u32) -> String {
+    format!("torture/key-{k}")
+}
+
+/// Connects the lease store named by `backend`.
+pub(crate) async fn connect_store(
+    backend: &str,
+    url: &str,
+    table: &str,
+) -> Result<Arc<dyn Backend>> {
+    let options = || -> Result<SqlOptions> {
+        Ok(SqlOptions::default()
+            .with_table(TableName::new(table)?)
+            .with_max_connections(24)
+            .with_acquire_timeout(Duration::from_secs(1)))
+    };
+    Ok(match backend {
+        "memory" => Arc::new(MemoryBackend::new()),
+        "postgres" => Arc::new(PostgresBackend::connect_with(url, options()?).await?),
+        "mysql" => Arc::new(MySqlBackend::connect_with(url, options()?).await?),
+        "sqlite" => Arc::new(SqliteBackend::connect_with(url, options()?).await?),
+        other => bail!("torture: unknown backend {other:?}"),
+    })
+}
+
+/// A small deterministic generator per contender.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Shared by the contenders of one worker.
+pub(crate) struct Contest {
+    pub(crate) locker: Locker,
+    pub(crate) resource: FencedResource,
+    pub(crate) journal: Mutex<JournalWriter>,
+    pub(crate) keys: u32,
+    pub(crate) ttl: Duration,
+    pub(crate) quota: u64,
+    pub(crate) taken: AtomicU64,
+    pub(crate) acquire_errors: AtomicU64,
+    pub(crate) stop_at: tokio::time::Instant,
+}
+
+pub(crate) fn locker_for(backend: Arc<dyn Backend>, ttl: Duration) -> Result<Locker> {
+    Ok(Locker::builder_shared(backend)
+        .ttl(ttl)
+        // Fast hand-off: waiters poll often (most of these backends have no wake-up).
+        .retry(
+            RetryPolicy::default()
+                .with_initial_delay(Duration::from_millis(5))
+                .with_max_delay(Duration::from_millis(100)),
+        )
+        .build()?)
+}
+
+/// One contender: acquire a random key, do the critical section, release; until the quota.
+pub(crate) async fn contend(contest: Arc<Contest>, seed: u64) {
+    let mut rng = Rng(seed);
+    let pid = std::process::id();
+    while contest.taken.load(Ordering::Relaxed) < contest.quota
+        && tokio::time::Instant::now() < contest.stop_at
+    {
+        let key = key_name(rng.below(u64::from(contest.keys)) as u32);
+        let lease = match contest
+            .locker
+            .acquire_timeout(&key, Duration::from_secs(10))
+            .await
+        {
+            Ok(lease) => lease,
+            Err(_) => {
+                contest.acquire_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        contest.taken.fetch_add(1, Ordering::Relaxed);
+        critical_section(&contest, lease, &key, pid, &mut rng).await;
+    }
+}
+
+async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, rng: &mut Rng) {
+    let token = lease.fencing_token().get();
+    let at = mono_ns();
+    contest.journal.lock().await.write(&Entry::Grant {
+        key: key.to_string(),
+        token,
+        pid,
+        at,
+        deadline: instant_ns(lease.deadline()),
+    });
+    let signalled = Arc::new(std::sync::Mutex::new(None));
+    let watcher = {
+        let lost = lease.lost();
+        let signalled = signalled.clone();
+        tokio::spawn(async move {
+            lost.await;
+            *signalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(mono_ns());
+        })
+    };
+    // Most critical sections check the lease before each write, as a careful user does; some
+    // write the second time without looking (a process that was paused in between): the fence
+    // is what must stop those.
+    let careless = rng.below(10) == 0;
+    if lease.is_held() {
+        let _ = contest.resource.write(key, token, true).await;
+    }
+    // Mostly short; a few across several renewals (rare: waiters queue behind them).
+    let hold = match rng.below(500) {
+        0 => contest.ttl + contest.ttl / 5,
+        1..=50 => Duration::from_millis(10 + rng.below(40)),
+        _ => Duration::from_millis(rng.below(4)),
+    };
+    tokio::time::sleep(hold).await;
+    if careless || lease.is_held() {
+        let _ = contest.resource.write(key, token, false).await;
+    }
+    let now = mono_ns();
+    let deadline = instant_ns(lease.deadline());
+    let end = now.min(deadline);
+    let released = lease.release().await;
+    let lost = matches!(&released, Err(e) if e.is_lost()) || deadline <= now;
+    if lost {
+        // Give the signal a moment to be recorded if it fired just now.
+        tokio::task::yield_now().await;
+    }
+    watcher.abort();
+    let signalled = *signalled.lock().unwrap_or_else(|e| e.into_inner());
+    contest.journal.lock().await.write(&Entry::End {
+        key: key.to_string(),
+        token,
+        pid,
+        end,
+        lost,
+        signalled,
+    });
+}
+
+/// Faults the worker injects into its own backend on signal (for stores the proxy cannot sit in
+/// front of, and for delaying renew responses past the deadline on every store).
+pub(crate) fn spawn_signal_faults(faulty: FaultyBackend, ttl: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut usr1), Ok(mut usr2)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    // Renew responses arrive after the deadline they would have extended.
+                    faulty.delay_responses(Op::Renew, ttl + ttl / 4);
+                    tokio::time::sleep(ttl * 2).await;
+                    faulty.delay_responses(Op::Renew, Duration::ZERO);
+                }
+                _ = usr2.recv() => {
+                    // Ambiguous outcomes: the writes land, their answers are lost.
+                    faulty.lose_next_response(Op::Acquire, 5);
+                    faulty.lose_next_response(Op::Renew, 5);
+                    faulty.lose_next_response(Op::Release, 5);
+                }
+            }
+        }
+    });
+}
+
+/// Entry point of `cargo xtask torture-worker` (a process the coordinator starts).
+pub(crate) fn main(args: WorkerArgs) -> Result<bool> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let ttl = Duration::from_millis(args.ttl_ms);
+        let store = connect_store(&args.backend, &args.store_url, &args.table).await?;
+        let faulty = FaultyBackend::new(store);
+        spawn_signal_faults(faulty.clone(), ttl);
+        let contest = Arc::new(Contest {
+            locker: locker_for(Arc::new(faulty), ttl)?,
+            resource: FencedResource::connect(
+                &args.fence_url,
+                &args.fence_table,
+                args.contenders.min(16),
+            )
+            .await?,
+            journal: Mutex::new(JournalWriter::create(&args.journal)?),
+            keys: args.keys,
+            ttl,
+            quota: args.acquisitions,
+            taken: AtomicU64::new(0),
+            acquire_errors: AtomicU64::new(0),
+            stop_at: tokio::time::Instant::now() + Duration::from_secs(args.time_limit_s),
+        });
+        run_contenders(&contest, args.contenders, args.seed).await;
+        Ok(true)
+    })
+}
+
+/// Runs `contenders` contenders to the quota, then drains and writes the totals.
+pub(crate) async fn run_contenders(contest: &Arc<Contest>, contenders: u32, seed: u64) {
+    let tasks: Vec<_> = (0..contenders)
+        .map(|i| {
+            tokio::spawn(contend(
+                contest.clone(),
+                seed.wrapping_mul(1_000_003).wrapping_add(u64::from(i)),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    contest.locker.drain().await;
+    contest.journal.lock().await.write(&Entry::Totals {
+        pid: std::process::id(),
+        acquire_errors: contest.acquire_errors.load(Ordering::Relaxed),
+    });
+}
+
+/// `Error::is_lost` without depending on how lease-core spells it.
+trait IsLost {
+    fn is_lost(&self) -> bool;
+}
+
+impl IsLost for Error {
+    fn is_lost(&self) -> bool {
+        matches!(self, Error::Lost { .. })
+    }
+}
