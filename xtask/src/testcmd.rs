@@ -181,6 +181,19 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
             ],
             Some(nextest::parse_nextest_summary),
         ),
+        // Property tests of inputs in packages whose other suites run in backend rows only.
+        cargo_step(
+            "fuzz (proptest)",
+            &[
+                "nextest",
+                "run",
+                "-p",
+                "lease-sql",
+                "--test",
+                "fuzz_table_names",
+            ],
+            Some(nextest::parse_nextest_summary),
+        ),
         cargo_step(
             "doc tests",
             &["test", "--workspace", "--doc"],
