@@ -165,9 +165,11 @@ impl LockerOptionsArgs {
 /// The command to run.
 #[derive(Args, Clone, Debug)]
 struct ChildArgs {
-    /// After a lost lease: how long the command has to exit after SIGTERM before SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = duration::parse, value_name = "DURATION")]
-    kill_after: Duration,
+    /// After a lost lease: how long the command has to exit after SIGTERM before SIGKILL
+    /// [default: half the safety margin, so the kill lands before the store can grant the key
+    /// to anyone else]
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    kill_after: Option<Duration>,
     /// The command and its arguments (put them after `--`).
     #[arg(
         required = true,
@@ -443,12 +445,18 @@ fn runner(
     store_env: exec::ChildStoreEnv,
     verbose: u8,
 ) -> Result<exec::Runner, CliError> {
+    let locker = lease.locker(backend)?;
+    // The holder deadline comes a safety margin before the store's earliest expiry: a SIGKILL
+    // sent within that margin lands while the key is still ours.
+    let kill_after = child
+        .kill_after
+        .unwrap_or(locker.options().safety_margin / 2);
     Ok(exec::Runner {
-        locker: lease.locker(backend)?,
+        locker,
         name: checked_name(name)?,
         child: exec::ChildSpec {
             command: child.command,
-            kill_after: child.kill_after,
+            kill_after,
             store_env,
         },
         verbose,

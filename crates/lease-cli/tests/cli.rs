@@ -362,6 +362,37 @@ fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
     assert_eq!(status.code(), Some(LOST));
 }
 
+#[test]
+fn by_default_a_command_ignoring_sigterm_is_killed_within_the_safety_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let name = unique("kill-default");
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "trap '' TERM; echo up > '{}'; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut holder = lease(dir.path())
+        .args([
+            "--store", &store, "exec", &name, "--ttl", "2s", "--", "sh", "-c", &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let out = run(lease(dir.path()).args(["--store", &store, "break", &name, "--yes"]));
+    assert!(out.status.success(), "{out:?}");
+    let broken = std::time::Instant::now();
+    // The loss is seen at the next renewal (TTL/3), then SIGKILL follows within half the 200 ms
+    // margin: far sooner than any fixed grace period of seconds.
+    let status = wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(LOST));
+    let took = broken.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "the command ignoring SIGTERM ran {took:?} after the break"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Usage errors: one line, code 64.
 
