@@ -545,3 +545,79 @@ async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
     );
     assert_eq!(store.calls().total() - before, 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn breaking_a_free_lease_writes_nothing() {
+    let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone());
+    let k = key("free-break");
+    let holder = HolderToken::generate();
+    granted(&backend, &k, holder).await;
+    backend
+        .release(&ReleaseRequest::new(k.clone(), holder))
+        .await
+        .unwrap();
+    let before: StoreCalls = store.calls();
+    let record = backend.break_lease(&k).await.unwrap().unwrap();
+    assert!(!record.is_held());
+    let after = store.calls();
+    assert_eq!(after.updates, before.updates, "break rewrote a free lease");
+    assert_eq!(after.creates, before.creates);
+}
+
+/// A conditional store that does not implement `list`: forwards the rest to the in-memory one.
+#[derive(Debug)]
+struct NoList(InMemoryConditionalStore);
+
+#[async_trait]
+impl lease_core::observed::ConditionalStore for NoList {
+    type Version = <InMemoryConditionalStore as lease_core::observed::ConditionalStore>::Version;
+    fn name(&self) -> &'static str {
+        "no-list"
+    }
+    fn ttl_range(&self) -> (Duration, Duration) {
+        self.0.ttl_range()
+    }
+    async fn read(
+        &self,
+        key: &LeaseKey,
+    ) -> Result<lease_core::observed::ReadOutcome<Self::Version>, BackendError> {
+        self.0.read(key).await
+    }
+    async fn create(
+        &self,
+        key: &LeaseKey,
+        lease: &lease_core::observed::StoredLease,
+    ) -> Result<lease_core::observed::WriteOutcome<Self::Version>, BackendError> {
+        self.0.create(key, lease).await
+    }
+    async fn update(
+        &self,
+        key: &LeaseKey,
+        expected: &Self::Version,
+        lease: &lease_core::observed::StoredLease,
+    ) -> Result<lease_core::observed::WriteOutcome<Self::Version>, BackendError> {
+        self.0.update(key, expected, lease).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_without_list_says_so() {
+    let backend = ObservedExpiryBackend::new(NoList(InMemoryConditionalStore::new()));
+    granted_on(&backend, &key("listed"), HolderToken::generate()).await;
+    let err = backend.list("").await.unwrap_err();
+    assert_eq!(err.kind(), BackendErrorKind::Unsupported);
+}
+
+async fn granted_on<B: Backend>(backend: &B, key: &LeaseKey, holder: HolderToken) {
+    let request = AcquireRequest::new(
+        key.clone(),
+        holder,
+        TTL,
+        HolderMetadata::from_stored_lossy("t"),
+    );
+    assert!(matches!(
+        backend.acquire(&request).await.unwrap(),
+        AcquireOutcome::Acquired(_)
+    ));
+}

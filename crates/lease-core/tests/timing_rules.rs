@@ -607,3 +607,95 @@ async fn drain_waits_for_the_release_of_a_dropped_lease() {
     assert!(Instant::now() - started >= Duration::from_millis(100));
     assert!(!store.inspect(&key("k")).await.unwrap().unwrap().is_held());
 }
+
+// --- Errors while acquiring ----------------------------------------------------------------------
+
+/// MemoryBackend whose acquire fails with a non-retryable error, or (`own_held`) answers a
+/// re-acquire by the holder with "held" and that holder's own record.
+#[derive(Debug)]
+struct OddAcquire {
+    inner: MemoryBackend,
+    fatal: bool,
+}
+
+#[async_trait]
+impl Backend for OddAcquire {
+    fn name(&self) -> &'static str {
+        "odd-acquire"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        if self.fatal {
+            return Err(BackendError::fatal("odd-acquire", "permission denied"));
+        }
+        if let Some(record) = self.inner.inspect(&r.key).await?
+            && record.is_held_by(&r.holder)
+        {
+            return Ok(AcquireOutcome::Held(Some(Box::new(record))));
+        }
+        self.inner.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.inner.renew(r).await
+    }
+    async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release(r).await
+    }
+    async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.inner.inspect(k).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_acquire_error_ends_the_wait_at_once_without_a_read_back() {
+    let faulty = FaultyBackend::new(Arc::new(OddAcquire {
+        inner: MemoryBackend::new(),
+        fatal: true,
+    }));
+    let locker = locker_on(faulty.clone());
+    let started = Instant::now();
+    match locker.acquire_timeout("k", Duration::from_secs(5)).await {
+        Err(Error::Backend(e)) => assert!(!e.is_transient(), "{e}"),
+        other => panic!("a fatal error was not returned: {other:?}"),
+    }
+    assert_eq!(Instant::now(), started, "a fatal acquire error was retried");
+    assert_eq!(faulty.calls(Op::Acquire), 1);
+    assert_eq!(faulty.calls(Op::Inspect), 0, "a fatal answer was read back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_answer_naming_our_own_grant_is_our_grant() {
+    let faulty = FaultyBackend::new(Arc::new(OddAcquire {
+        inner: MemoryBackend::new(),
+        fatal: false,
+    }));
+    // The first attempt lands but its answer and the read-back are lost; the retry is answered
+    // "held", with our own holder token in the record.
+    faulty.lose_next_response(Op::Acquire, 1);
+    faulty.fail_next(Op::Inspect, 1);
+    let locker = locker_on(faulty.clone());
+    let lease = locker
+        .acquire_timeout("k", Duration::from_secs(2))
+        .await
+        .expect("our own grant, reported as held, was not recognised");
+    assert!(lease.is_held());
+    assert_eq!(lease.fencing_token().get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_returns_the_records_under_the_prefix() {
+    let locker = locker_on(MemoryBackend::new());
+    let _a = locker.try_acquire("jobs/a").await.unwrap().unwrap();
+    let _b = locker.try_acquire("jobs/b").await.unwrap().unwrap();
+    let _c = locker.try_acquire("other").await.unwrap().unwrap();
+    let listed = locker.list("jobs/").await.unwrap();
+    let keys: Vec<_> = listed.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["jobs/a", "jobs/b"]);
+    assert!(listed.iter().all(LeaseRecord::is_held));
+    assert!(matches!(
+        locker.list("50%").await,
+        Err(Error::InvalidInput(e)) if e.field() == "prefix"
+    ));
+}

@@ -105,6 +105,13 @@ mod tests {
     }
 
     #[test]
+    fn accessors_return_what_was_given() {
+        let rule = ObservationRule::new(0.05, Duration::from_millis(250)).unwrap();
+        assert_eq!(rule.max_drift(), 0.05);
+        assert_eq!(rule.margin(), Duration::from_millis(250));
+    }
+
+    #[test]
     fn invalid_drift_is_refused() {
         for bad in [f64::NAN, f64::INFINITY, -0.001, 1.0, 2.0] {
             let err = ObservationRule::new(bad, Duration::ZERO).unwrap_err();
