@@ -54,6 +54,14 @@ pub(crate) enum Entry {
         /// When `Lease::lost()` resolved, if it did.
         signalled: Option<u64>,
     },
+    /// The holder's deadline moved (a renewal), noted while it holds: a worker killed while
+    /// holding believed until its last known deadline at the latest.
+    Deadline {
+        key: String,
+        token: u64,
+        pid: u32,
+        deadline: u64,
+    },
     /// Totals a worker writes when it finishes.
     Totals { pid: u32, acquire_errors: u64 },
 }
@@ -242,25 +250,39 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
                     g.signalled = *signalled;
                 }
             }
+            Entry::Deadline {
+                key,
+                token,
+                pid,
+                deadline,
+            } => {
+                if let Some(g) = grants.get_mut(&(key.clone(), *token, *pid)) {
+                    g.deadline_at_grant = g.deadline_at_grant.max(*deadline);
+                }
+            }
             Entry::Totals { acquire_errors, .. } => counts.acquire_errors += acquire_errors,
         }
     }
     let mut by_key: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
     for ((key, _, _), mut g) in grants {
         if g.end == u64::MAX {
-            // The worker died holding it: it believed until it was killed, at the latest.
-            g.end = facts
-                .killed_at
-                .get(&g.pid)
-                .copied()
-                .unwrap_or(g.deadline_at_grant)
-                .max(g.start);
+            // The worker died holding it: it believed until it was killed or until its last
+            // known deadline, whichever came first.
+            let killed = facts.killed_at.get(&g.pid).copied().unwrap_or(u64::MAX);
+            g.end = killed.min(g.deadline_at_grant);
+            if g.end < g.start {
+                g.end = g.start;
+            }
         }
         by_key.entry(key).or_default().push(g);
     }
     for intervals in by_key.values_mut() {
         intervals.sort_by_key(|g| (g.start, g.token));
         let mut latest_end: Option<(u64, u32)> = None;
+        // The last grant whose holder believed at some point (a holder frozen between the
+        // answer and noting it saw its deadline pass first: it never believed, and its start
+        // says nothing about when the store granted it).
+        let mut last_believed: Option<u64> = None;
         for (i, g) in intervals.iter().enumerate() {
             if g.lost {
                 counts.leases_lost += 1;
@@ -282,13 +304,17 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
             if g.end > g.start && latest_end.is_none_or(|(end, _)| g.end > end) {
                 latest_end = Some((g.end, g.pid));
             }
-            if i > 0 && g.token <= intervals[i - 1].token {
-                counts.fencing_regressions += 1;
-                eprintln!(
-                    "torture: FENCING REGRESSION: token {} granted after token {}",
-                    g.token,
-                    intervals[i - 1].token
-                );
+            if g.end > g.start {
+                if let Some(before) = last_believed
+                    && g.token <= before
+                {
+                    counts.fencing_regressions += 1;
+                    eprintln!(
+                        "torture: FENCING REGRESSION: token {} held after token {before}",
+                        g.token
+                    );
+                }
+                last_believed = Some(g.token);
             }
             // A lost lease must have been signalled before the key was granted again, unless
             // its process was frozen (SIGSTOP) or killed then: nothing runs in such a process.
@@ -391,6 +417,52 @@ mod tests {
         );
         facts.killed_at.insert(1, 80);
         assert_eq!(check(&entries, &facts).overlapping_holders, 0);
+    }
+
+    #[test]
+    fn a_killed_holder_believes_no_longer_than_its_last_known_deadline() {
+        let entries = vec![
+            grant("k", 1, 1, 0),
+            Entry::Deadline {
+                key: "k".into(),
+                token: 1,
+                pid: 1,
+                deadline: 150,
+            },
+            grant("k", 2, 2, 160),
+        ];
+        let mut facts = RunFacts::default();
+        facts.killed_at.insert(1, 500);
+        assert_eq!(check(&entries, &facts).overlapping_holders, 0);
+        facts.killed_at.insert(1, 170);
+        let mut late = entries.clone();
+        late.push(Entry::Deadline {
+            key: "k".into(),
+            token: 1,
+            pid: 1,
+            deadline: 400,
+        });
+        assert_eq!(check(&late, &facts).overlapping_holders, 1);
+    }
+
+    #[test]
+    fn a_grant_never_believed_does_not_order_tokens() {
+        // Token 5 was seen only after its deadline (its holder was frozen): no regression.
+        let entries = vec![
+            grant("k", 6, 2, 10),
+            end("k", 6, 2, 20),
+            Entry::Grant {
+                key: "k".into(),
+                token: 5,
+                pid: 1,
+                at: 30,
+                deadline: 5,
+            },
+            end("k", 5, 1, 5),
+        ];
+        let c = check(&entries, &RunFacts::default());
+        assert_eq!(c.fencing_regressions, 0);
+        assert_eq!(c.overlapping_holders, 0);
     }
 
     #[test]

@@ -287,7 +287,24 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
         1..=50 => Duration::from_millis(10 + rng.below(40)),
         _ => Duration::from_millis(rng.below(4)),
     };
-    tokio::time::sleep(hold).await;
+    // Hold in slices, noting each renewal's new deadline (the checker needs it if this worker
+    // is killed while holding).
+    let mut noted = instant_ns(lease.deadline());
+    let hold_until = tokio::time::Instant::now() + hold;
+    while tokio::time::Instant::now() < hold_until {
+        tokio::time::sleep_until(hold_until.min(tokio::time::Instant::now() + contest.ttl / 8))
+            .await;
+        let deadline = instant_ns(lease.deadline());
+        if deadline > noted + 1_000_000 {
+            noted = deadline;
+            contest.journal.lock().await.write(&Entry::Deadline {
+                key: key.to_string(),
+                token,
+                pid,
+                deadline,
+            });
+        }
+    }
     if careless || lease.is_held() {
         let _ = contest.resource.write(key, token, false).await;
     }
