@@ -80,7 +80,7 @@ pub(crate) const BACKENDS: &[Backend] = &[
         test: None,
         bench: None,
         needs: &[Server::Sqlite],
-        optional: &[Server::Postgres, Server::Mysql, Server::Azurite],
+        optional: &[Server::Postgres, Server::Mysql, Server::Azurite, Server::S3],
     },
     Backend {
         name: "azure",
