@@ -150,14 +150,31 @@ async fn run(label: &str, url: &str, options: &[(String, String)]) {
         s.push(t.elapsed());
     }
     measure("renew", s, before, counted.count());
-    // takeover: the contender has observed every lease; with the zero rule they are due at once
-    for (k, _) in &holders {
+    // takeover: holders granted for the shortest TTL stop; the contender observes every lease,
+    // waits out the rule (zero drift and margin: just the TTL), then each takeover is measured.
+    let short = Duration::from_millis(100);
+    let mut abandoned = Vec::new();
+    for i in 0..ITERATIONS {
+        let k = key(&format!("{run_id}-takeover"), i);
+        let req = AcquireRequest::new(
+            k.clone(),
+            HolderToken::generate(),
+            short,
+            HolderMetadata::from_stored_lossy("bench"),
+        );
+        assert!(matches!(
+            backend.acquire(&req).await.unwrap(),
+            AcquireOutcome::Acquired(_)
+        ));
+        abandoned.push(k);
+    }
+    for k in &abandoned {
         contender.inspect(k).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::sleep(short + Duration::from_millis(50)).await;
     let (mut s, before) = (Vec::new(), counted.count());
     let mut taken = Vec::new();
-    for (k, _) in &holders {
+    for k in &abandoned {
         let holder = HolderToken::generate();
         let t = Instant::now();
         let out = contender.acquire(&request(k, holder)).await.unwrap();
