@@ -311,6 +311,18 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
     let now = mono_ns();
     let deadline = instant_ns(lease.deadline());
     let end = now.min(deadline);
+    // Journal the end before releasing: once the release lands the key goes to the next holder,
+    // and a worker killed before it wrote this line would look as if it held on until the kill.
+    let journal_end = |lost: bool, signalled: Option<u64>| Entry::End {
+        key: key.to_string(),
+        token,
+        pid,
+        end,
+        lost,
+        signalled,
+    };
+    let early = journal_end(deadline <= now, None);
+    contest.journal.lock().await.write(&early);
     let released = lease.release().await;
     let lost = matches!(&released, Err(e) if e.is_lost()) || deadline <= now;
     if lost {
@@ -319,14 +331,9 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
     }
     watcher.abort();
     let signalled = *signalled.lock().unwrap_or_else(|e| e.into_inner());
-    contest.journal.lock().await.write(&Entry::End {
-        key: key.to_string(),
-        token,
-        pid,
-        end,
-        lost,
-        signalled,
-    });
+    // The final word on this grant (the checker keeps the last `End`).
+    let last = journal_end(lost, signalled);
+    contest.journal.lock().await.write(&last);
 }
 
 /// Faults the worker injects into its own backend on signal (for stores the proxy cannot sit in
