@@ -690,6 +690,11 @@ async fn list_returns_the_records_under_the_prefix() {
     let _a = locker.try_acquire("jobs/a").await.unwrap().unwrap();
     let _b = locker.try_acquire("jobs/b").await.unwrap().unwrap();
     let _c = locker.try_acquire("other").await.unwrap().unwrap();
+    let debug = format!("{locker:?}");
+    assert!(
+        debug.contains("Locker") && debug.contains("options"),
+        "{debug}"
+    );
     let listed = locker.list("jobs/").await.unwrap();
     let keys: Vec<_> = listed.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, ["jobs/a", "jobs/b"]);
