@@ -34,7 +34,8 @@ use crate::store::{Access, StoreUrl};
 /// Run commands under distributed leases (locks that expire), with fencing tokens.
 ///
 /// The store is a URL: sqlite://PATH, postgres://…, mysql://…, azblob://ACCOUNT/CONTAINER,
-/// memory:// (this process only). Recognised but not built yet: s3://, gs://, az://, file://.
+/// s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, memory:// (this process only).
+/// file:// is refused (no conditional update on local files).
 /// Without --store or LEASE_STORE, leases live in a SQLite file in your state directory
 /// ($XDG_STATE_HOME/lease/leases.db, else ~/.local/state/lease/leases.db).
 #[derive(Parser, Debug)]

@@ -477,18 +477,11 @@ fn an_unknown_scheme_is_a_one_line_usage_error() {
 }
 
 #[test]
-fn recognised_but_unbuilt_schemes_say_so() {
-    for url in [
-        "s3://bucket/prefix",
-        "gs://bucket",
-        "az://container/p",
-        "file:///tmp/leases",
-    ] {
-        assert_usage_error(
-            &["--store", url, "status", "x"],
-            "is recognised but its backend is not built yet",
-        );
-    }
+fn a_file_store_is_refused_as_unsafe() {
+    assert_usage_error(
+        &["--store", "file:///tmp/leases", "status", "x"],
+        "local files have no conditional update",
+    );
 }
 
 #[test]
