@@ -209,7 +209,7 @@ impl Shared {
                 () = self.wake.notified() => {}
             }
         };
-        let results = match results {
+        let mut results = match results {
             Ok(Ok(results)) => results,
             Ok(Err(panic)) => {
                 let what = panic_message(panic.as_ref());
@@ -225,7 +225,6 @@ impl Shared {
             // A timeout leaves no results: every lease in the batch counts as a transient failure.
             Err(_) => Vec::new(),
         };
-        let mut results = results;
         if results.len() != requests.len() {
             let why = if results.is_empty() {
                 "renewal timed out before the lease deadline"
