@@ -14,6 +14,8 @@ mod demo;
 mod duration;
 mod exec;
 mod exit;
+#[cfg(test)]
+mod fuzz_inputs;
 mod output;
 mod signals;
 mod store;

@@ -224,10 +224,31 @@ fn check_authority(rest: &str) -> Result<(), String> {
         if let Some(port) = port
             && (port.is_empty() || port.parse::<u16>().is_err())
         {
-            return Err(format!("port '{port}' is not a number from 0 to 65535"));
+            // The "port" may be the start of a password holding a raw '/', '?' or '#': not echoed.
+            return Err(
+                "the port is not a number from 0 to 65535 (a password containing \
+                        '/', '?', '#' or '@' must be percent-encoded)"
+                    .into(),
+            );
         }
     }
     Ok(())
+}
+
+/// Where the userinfo password lies in `rest` (the URL after `://`): from after the user's `:` to
+/// the `@` before the host. A password must be percent-encoded, but people paste raw ones: one
+/// holding `/`, `?` or `#` ends the authority early, so when the authority has a `:` and no `@`
+/// while an `@` comes later, everything up to the last `@` is taken as the password. That may hide
+/// more than the password (an `@` in a query value); it never shows part of one.
+fn password_span(rest: &str) -> Option<(usize, usize)> {
+    let auth = authority(rest);
+    let at = match auth.rfind('@') {
+        Some(at) => at,
+        None if auth.contains(':') => rest.rfind('@')?,
+        None => return None,
+    };
+    let colon = rest[..at].find(':')?;
+    Some((colon + 1, at))
 }
 
 /// Whether a query parameter with this name carries a secret.
@@ -255,14 +276,18 @@ pub(crate) fn redact(url: &str) -> String {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),
     };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(auth_end);
-    let auth = match auth.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => auth.to_owned(),
+    let (auth, tail) = match password_span(rest) {
+        Some((start, end)) => {
+            let host_end = end + authority(&rest[end..]).len();
+            (
+                format!("{}***{}", &rest[..start], &rest[end..host_end]),
+                &rest[host_end..],
+            )
+        }
+        None => {
+            let (auth, tail) = rest.split_at(authority(rest).len());
+            (auth.to_owned(), tail)
+        }
     };
     let (path, query_and_fragment) = match tail.find('?') {
         Some(i) => tail.split_at(i),
@@ -297,11 +322,10 @@ pub(crate) fn redact(url: &str) -> String {
 fn secrets(url: &str) -> Vec<String> {
     let mut found = Vec::new();
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    if let Some((userinfo, _)) = authority(rest).rsplit_once('@')
-        && let Some((_, password)) = userinfo.split_once(':')
-        && !password.is_empty()
+    if let Some((start, end)) = password_span(rest)
+        && end > start
     {
-        found.push(password.to_owned());
+        found.push(rest[start..end].to_owned());
     }
     if let Some((_, q)) = rest.split_once('?') {
         let q = q.split_once('#').map_or(q, |(q, _)| q);
@@ -520,28 +544,40 @@ mod sql {
         false
     }
 
-    /// The pool reports a server it cannot reach as "pool timed out": one direct connection
-    /// attempt tells why (refused, DNS, TLS, authentication).
-    async fn cause<C: sqlx::Connection>(
+    /// Opens the backend through its pool while one direct connection attempt runs beside it.
+    /// The pool retries a server it cannot reach until its acquire timeout and then says only
+    /// "pool timed out"; the direct attempt tells why (refused, DNS, TLS) at once. Other direct
+    /// failures (authentication, a missing database) are left to the pool, which reports them
+    /// just as fast and classified.
+    async fn connect_reporting_cause<C: sqlx::Connection, B>(
         url: &StoreUrl,
-        options: Result<<C as sqlx::Connection>::Options, sqlx::Error>,
-        e: &lease_core::Error,
-    ) -> CliError {
-        let pooled = failed(url, "connect to", e);
-        if !exit::one_line_chain(e).contains("pool timed out") {
-            return pooled;
-        }
-        let Ok(options) = options else { return pooled };
-        match tokio::time::timeout(Duration::from_secs(5), C::connect_with(&options)).await {
-            Ok(Err(direct)) => CliError::new(
-                pooled.code,
+        direct: Result<<C as sqlx::Connection>::Options, sqlx::Error>,
+        pool: impl Future<Output = Result<B, lease_core::Error>>,
+    ) -> Result<B, CliError> {
+        let unreachable = async {
+            let Ok(options) = direct else {
+                return std::future::pending().await;
+            };
+            match C::connect_with(&options).await {
+                Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_))) => e,
+                Ok(connection) => {
+                    let _ = connection.close().await;
+                    std::future::pending().await
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            opened = pool => opened.map_err(|e| failed(url, "connect to", &e)),
+            cause = unreachable => Err(CliError::new(
+                exit::UNAVAILABLE,
                 url.scrub(&format!(
                     "cannot connect to store {}: {}",
                     url.redacted(),
-                    exit::one_line_chain(&direct)
+                    exit::one_line_chain(&cause)
                 )),
-            ),
-            _ => pooled,
+            )),
         }
     }
 
@@ -637,13 +673,12 @@ mod sql {
         access: Access,
     ) -> Result<Arc<dyn Backend>, CliError> {
         use sqlx::postgres::{PgConnectOptions, PgConnection};
-        let backend = match lease_sql::PostgresBackend::connect_with(url.raw(), options()).await {
-            Ok(backend) => backend,
-            Err(e) => {
-                let direct = PgConnectOptions::from_str(url.raw());
-                return Err(cause::<PgConnection>(url, direct, &e).await);
-            }
-        };
+        let backend = connect_reporting_cause::<PgConnection, _>(
+            url,
+            PgConnectOptions::from_str(url.raw()),
+            lease_sql::PostgresBackend::connect_with(url.raw(), options()),
+        )
+        .await?;
         migrate(url, access, || backend.migrate()).await?;
         Ok(Arc::new(backend))
     }
@@ -660,13 +695,12 @@ mod sql {
             }
             _ => url.raw().to_owned(),
         };
-        let backend = match lease_sql::MySqlBackend::connect_with(&raw, options()).await {
-            Ok(backend) => backend,
-            Err(e) => {
-                let direct = MySqlConnectOptions::from_str(&raw);
-                return Err(cause::<MySqlConnection>(url, direct, &e).await);
-            }
-        };
+        let backend = connect_reporting_cause::<MySqlConnection, _>(
+            url,
+            MySqlConnectOptions::from_str(&raw),
+            lease_sql::MySqlBackend::connect_with(&raw, options()),
+        )
+        .await?;
         migrate(url, access, || backend.migrate()).await?;
         Ok(Arc::new(backend))
     }
@@ -832,6 +866,18 @@ mod tests {
         assert_eq!(redact("postgres://a:p@ss@h/d"), "postgres://a:***@h/d");
         assert_eq!(redact("sqlite:///var/lib/l.db"), "sqlite:///var/lib/l.db");
         assert_eq!(redact("user:pw@host"), "user:***@host");
+        // A raw '/', '?' or '#' in the password ends the authority early: still hidden whole.
+        assert_eq!(redact("postgres://a:p/w@h/d"), "postgres://a:***@h/d");
+        assert_eq!(redact("mysql://a:p?w#x@h:3306/d"), "mysql://a:***@h:3306/d");
+        // The price: an '@' in a query value after a host:port hides the path (never a secret).
+        assert_eq!(redact("postgres://h:5432/d?u=a@b"), "postgres://h:***@b");
+        assert_eq!(
+            redact("postgres://h:5432/d?u=ab"),
+            "postgres://h:5432/d?u=ab"
+        );
+        let e = StoreUrl::parse("postgres://a:pw/secret@h/d").unwrap_err();
+        assert!(!e.message.contains("secret"), "{}", e.message);
+        assert!(e.message.contains("percent-encoded"), "{}", e.message);
     }
 
     #[test]
