@@ -2,7 +2,12 @@
 //! `LEASE_TEST_AZURITE_BLOB_URL` (`cargo xtask test` sets it). Skipped when unset, unless
 //! `LEASE_TEST_REQUIRE=1`.
 
+mod support;
+
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::unique;
 
 const USAGE: i32 = 64;
 
@@ -44,14 +49,6 @@ fn lease(state: &std::path::Path) -> Command {
         .env("HOME", state.join("home"))
         .stdin(Stdio::null());
     cmd
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 #[test]
@@ -98,6 +95,26 @@ fn exec_runs_under_an_azure_blob_lease_with_rising_tokens() {
     );
     let third: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(third > tokens[1]);
+}
+
+/// Azure's shortest lease is 15 s, so this test takes about half a minute.
+#[test]
+fn sigkill_of_lease_kills_the_command_group_on_azure() {
+    let Some((endpoint, key)) = azurite() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    support::sigkill_of_lease_kills_the_command_group(
+        || {
+            let mut cmd = lease(dir.path());
+            cmd.env("AZURE_STORAGE_KEY", &key)
+                .env("LEASE_AZURE_BLOB_ENDPOINT", &endpoint);
+            cmd
+        },
+        "azblob://devstoreaccount1/lease-cli/tests",
+        dir.path(),
+        Duration::from_secs(15),
+    );
 }
 
 #[test]

@@ -115,6 +115,7 @@ fn sigkill_of_lease_kills_the_command_group_on_sqlite() {
         || lease(dir.path()),
         &sqlite_url(dir.path()),
         dir.path(),
+        Duration::from_secs(2),
     );
 }
 
@@ -124,7 +125,12 @@ fn sigkill_of_lease_kills_the_command_group_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    sigkill_of_lease_kills_the_command_group(|| lease(dir.path()), &url, dir.path());
+    sigkill_of_lease_kills_the_command_group(
+        || lease(dir.path()),
+        &url,
+        dir.path(),
+        Duration::from_secs(2),
+    );
 }
 
 #[test]
@@ -133,7 +139,12 @@ fn sigkill_of_lease_kills_the_command_group_on_mariadb() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    sigkill_of_lease_kills_the_command_group(|| lease(dir.path()), &url, dir.path());
+    sigkill_of_lease_kills_the_command_group(
+        || lease(dir.path()),
+        &url,
+        dir.path(),
+        Duration::from_secs(2),
+    );
 }
 
 /// Background processes the command leaves behind are killed before the lease is released: the
@@ -514,14 +525,21 @@ fn other_usage_errors() {
 #[test]
 fn an_unreachable_server_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let out =
-        run(lease(dir.path()).args(["--store", "postgres://u:pw@127.0.0.1:1/db", "status", "x"]));
-    let err = stderr_lines(&out);
-    assert_eq!(out.status.code(), Some(UNAVAILABLE), "{err:?}");
-    assert_eq!(err.len(), 1, "{err:?}");
-    assert!(err[0].contains("u:***@127.0.0.1:1"), "{err:?}");
-    // The cause, not the pool's "timed out".
-    assert!(err[0].contains("Connection refused"), "{err:?}");
+    for url in [
+        "postgres://u:pw@127.0.0.1:1/db",
+        "mysql://u:pw@127.0.0.1:1/db",
+    ] {
+        let started = Instant::now();
+        let out = run(lease(dir.path()).args(["--store", url, "status", "x"]));
+        let took = started.elapsed();
+        let err = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(UNAVAILABLE), "{err:?}");
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].contains("u:***@127.0.0.1:1"), "{err:?}");
+        // The cause, not the pool's "timed out", and without waiting out the pool's 5 s.
+        assert!(err[0].contains("Connection refused"), "{err:?}");
+        assert!(took < Duration::from_secs(4), "{url}: {took:?}");
+    }
 }
 
 #[test]

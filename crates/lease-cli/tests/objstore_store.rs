@@ -4,8 +4,13 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint.
 //! Skipped when unset, unless `LEASE_TEST_REQUIRE=1`.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::unique;
 
 const USAGE: i32 = 64;
 
@@ -21,14 +26,6 @@ fn endpoint() -> Option<String> {
             None
         }
     }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// Creates a bucket with one plain HTTP request (moto creates buckets on an unsigned PUT).
@@ -111,6 +108,22 @@ fn exec_runs_under_an_s3_lease_with_rising_tokens() {
     assert!(!out.status.success(), "a held key was granted twice");
     holder.kill().unwrap();
     let _ = holder.wait();
+}
+
+#[test]
+fn sigkill_of_lease_kills_the_command_group_on_s3() {
+    let Some(endpoint) = endpoint() else {
+        return;
+    };
+    let bucket = unique("sigkill").to_ascii_lowercase();
+    create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    support::sigkill_of_lease_kills_the_command_group(
+        || lease(dir.path(), &endpoint),
+        &format!("s3://{bucket}/cli/tests"),
+        dir.path(),
+        Duration::from_secs(2),
+    );
 }
 
 #[test]
