@@ -118,6 +118,25 @@ fn sigkill_of_lease_kills_the_command_group_on_azure() {
 }
 
 #[test]
+fn list_on_azure() {
+    let Some((endpoint, key)) = azurite() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    support::list_shows_leases_under_a_prefix(
+        || {
+            let mut cmd = lease(dir.path());
+            cmd.env("AZURE_STORAGE_KEY", &key)
+                .env("LEASE_AZURE_BLOB_ENDPOINT", &endpoint);
+            cmd
+        },
+        "azblob://devstoreaccount1/lease-cli/tests",
+        dir.path(),
+        false,
+    );
+}
+
+#[test]
 fn azure_store_errors_are_typed_and_keep_keys_secret() {
     let state = tempfile::tempdir().unwrap();
     // No credentials at all: a usage error naming what is missing.

@@ -875,59 +875,15 @@ fn the_command_gets_lease_store_without_its_secrets() {
     );
 }
 
-/// `lease list PREFIX`: the leases under the prefix, sorted, with holder, token and state.
-fn list_shows_leases_under_a_prefix(store: &str, dir: &Path) {
-    let prefix = format!("{}/", unique("list"));
-    for (suffix, holder) in [("b", "holder-b"), ("a", "holder-a")] {
-        let name = format!("{prefix}{suffix}");
-        let out = run(lease(dir).args([
-            "--store", store, "exec", &name, "--holder", holder, "--", "true",
-        ]));
-        assert!(out.status.success(), "{out:?}");
-    }
-    let ready = dir.join(format!("{}ready", prefix.replace('/', "-")));
-    let script = format!("echo up > '{}'; exec sleep 30", ready.display());
-    let held = format!("{prefix}c");
-    let mut holder = lease(dir)
-        .args([
-            "--store", store, "exec", &held, "--holder", "holder-c", "--", "sh", "-c", &script,
-        ])
-        .spawn()
-        .unwrap();
-    wait_for_file(&ready, Duration::from_secs(10));
-    let text = run(lease(dir).args(["--store", store, "list", &prefix]));
-    let json = run(lease(dir).args(["--store", store, "list", &prefix, "--json"]));
-    signal(holder.id(), "-TERM");
-    wait_with_limit(&mut holder, Duration::from_secs(10));
-    assert!(text.status.success(), "{text:?}");
-    let text = String::from_utf8_lossy(&text.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    assert!(
-        lines[0].starts_with(&format!("{prefix}a: free (last fencing token 1)")),
-        "{text}"
-    );
-    assert!(lines[1].starts_with(&format!("{prefix}b: free")), "{text}");
-    assert!(
-        lines[2].starts_with(&format!("{prefix}c: held by holder-c since")),
-        "{text}"
-    );
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(records.len(), 3);
-    assert_eq!(records[2]["state"], "held");
-    assert_eq!(records[2]["holder"], "holder-c");
-    assert_eq!(records[2]["fencing_token"], 1);
-    assert!(records[2]["expires_in_ms"].as_u64().is_some());
-    assert_eq!(records[0]["name"], format!("{prefix}a"));
-}
-
 #[test]
 fn list_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    list_shows_leases_under_a_prefix(&sqlite_url(dir.path()), dir.path());
+    list_shows_leases_under_a_prefix(
+        || lease(dir.path()),
+        &sqlite_url(dir.path()),
+        dir.path(),
+        true,
+    );
 }
 
 #[test]
@@ -936,7 +892,7 @@ fn list_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    list_shows_leases_under_a_prefix(&url, dir.path());
+    list_shows_leases_under_a_prefix(|| lease(dir.path()), &url, dir.path(), true);
 }
 
 #[test]
@@ -945,7 +901,7 @@ fn list_on_mariadb() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    list_shows_leases_under_a_prefix(&url, dir.path());
+    list_shows_leases_under_a_prefix(|| lease(dir.path()), &url, dir.path(), true);
 }
 
 #[test]

@@ -127,6 +127,22 @@ fn sigkill_of_lease_kills_the_command_group_on_s3() {
 }
 
 #[test]
+fn list_on_s3() {
+    let Some(endpoint) = endpoint() else {
+        return;
+    };
+    let bucket = unique("list").to_ascii_lowercase();
+    create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    support::list_shows_leases_under_a_prefix(
+        || lease(dir.path(), &endpoint),
+        &format!("s3://{bucket}/cli/tests"),
+        dir.path(),
+        true,
+    );
+}
+
+#[test]
 fn file_stores_are_refused_as_usage_errors() {
     let state = tempfile::tempdir().unwrap();
     let out = lease(state.path(), "http://127.0.0.1:9")

@@ -215,3 +215,66 @@ pub(crate) fn sigkill_of_lease_kills_the_command_group(
         "took too long: {waited:?}"
     );
 }
+
+/// `lease list PREFIX`: the leases under the prefix, sorted, with holder, token and state.
+/// `reports_expiry`: whether the store tells how long a lease has left (Azure's blob leases do
+/// not; their `expires_in_ms` must then be null, never a guess).
+pub(crate) fn list_shows_leases_under_a_prefix(
+    lease: impl Fn() -> Command,
+    store: &str,
+    dir: &Path,
+    reports_expiry: bool,
+) {
+    let prefix = format!("{}/", unique("list"));
+    for (suffix, holder) in [("b", "holder-b"), ("a", "holder-a")] {
+        let name = format!("{prefix}{suffix}");
+        let out = run(lease().args([
+            "--store", store, "exec", &name, "--holder", holder, "--", "true",
+        ]));
+        assert!(out.status.success(), "{out:?}");
+    }
+    let ready = dir.join(format!("{}ready", prefix.replace('/', "-")));
+    let script = format!("echo up > '{}'; exec sleep 30", ready.display());
+    let held = format!("{prefix}c");
+    let mut holder = lease()
+        .args([
+            "--store", store, "exec", &held, "--holder", "holder-c", "--", "sh", "-c", &script,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, Duration::from_secs(10));
+    let text = run(lease().args(["--store", store, "list", &prefix]));
+    let json = run(lease().args(["--store", store, "list", &prefix, "--json"]));
+    signal(holder.id(), "-TERM");
+    wait_with_limit(&mut holder, Duration::from_secs(10));
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("{prefix}a: free (last fencing token 1)")),
+        "{text}"
+    );
+    assert!(lines[1].starts_with(&format!("{prefix}b: free")), "{text}");
+    assert!(
+        lines[2].starts_with(&format!("{prefix}c: held by holder-c since")),
+        "{text}"
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2]["state"], "held");
+    assert_eq!(records[2]["holder"], "holder-c");
+    assert_eq!(records[2]["fencing_token"], 1);
+    if reports_expiry {
+        assert!(
+            records[2]["expires_in_ms"].as_u64().is_some(),
+            "{records:?}"
+        );
+    } else {
+        assert!(records[2]["expires_in_ms"].is_null(), "{records:?}");
+    }
+    assert_eq!(records[0]["name"], format!("{prefix}a"));
+}
