@@ -252,12 +252,23 @@ pub(crate) fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<Tc
 
 /// GETs `path` over plain HTTP/1.1 and returns the status code; any HTTP answer counts as alive.
 pub(crate) fn http_status(host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16> {
+    http_call(host, port, "GET", path, timeout)
+}
+
+/// Sends `method path` with an empty body over plain HTTP/1.1 and returns the status code.
+pub(crate) fn http_call(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16> {
     let mut stream = tcp_connect(host, port, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut first = String::new();
     BufReader::new(stream)

@@ -769,7 +769,7 @@ fn start_spawned(
     Err(last_err.expect("at least one attempt"))
 }
 
-fn spawn_and_wait(
+pub(crate) fn spawn_and_wait(
     program: &Path,
     args: &[String],
     log_path: &Path,
@@ -817,6 +817,33 @@ fn spawn_and_wait(
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Records servers a command started outside [`up`] (the torture rig's own Azurite and moto) as
+/// an instance owned by this process, so that if the command dies the next `up` or
+/// `services down --all` stops them. Called again with the new pids after a restart.
+pub(crate) fn record_spawned(instance: &str, services: Vec<Service>) -> Result<()> {
+    let paths = Paths::of_workspace();
+    let _lock = lock(&paths)?;
+    let me = ProcId::of(std::process::id(), "xtask").context("cannot read /proc/self")?;
+    save(
+        &paths,
+        &State {
+            instance: instance.to_string(),
+            run_id: instance.to_string(),
+            owner: Some(me),
+            services,
+            failures: BTreeMap::new(),
+        },
+    )
+}
+
+/// Forgets an instance recorded with [`record_spawned`] (its processes already stopped).
+pub(crate) fn forget_spawned(instance: &str) {
+    let paths = Paths::of_workspace();
+    if let Ok(_lock) = lock(&paths) {
+        let _ = fs::remove_file(paths.state_file(instance));
     }
 }
 

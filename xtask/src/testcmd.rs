@@ -84,6 +84,21 @@ fn cargo_step(name: &str, args: &[&str], count: Option<fn(&str) -> Option<Counts
     }
 }
 
+/// The rig's variables for the torture step, without the endpoints of the servers the torture
+/// rig starts (and restarts mid-run) itself: Azurite and S3. The rig's own are in memory and
+/// belong to this process, so the torture run could not restart them; a server from the user's
+/// environment (`user_set`) is passed on and used without restarts.
+fn torture_env(
+    rig_env: Vec<(String, String)>,
+    user_set: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let own = [env::var_for(Server::Azurite), env::var_for(Server::S3)];
+    rig_env
+        .into_iter()
+        .filter(|(k, _)| !own.contains(&k.as_str()) || user_set(k))
+        .collect()
+}
+
 /// `cargo xtask torture --quick` against the rig's servers (docs/safety.md).
 fn torture_step(rig: &Rig) -> Step {
     let started = Instant::now();
@@ -92,7 +107,8 @@ fn torture_step(rig: &Rig) -> Step {
         .map_err(anyhow::Error::from)
         .and_then(|exe| {
             let mut cmd = std::process::Command::new(exe);
-            cmd.args(["torture", "--quick"]).envs(rig.env());
+            cmd.args(["torture", "--quick"])
+                .envs(torture_env(rig.env(), |k| env::user_value(k).is_some()));
             proc::run_streamed(&mut cmd)
         });
     Step {
@@ -304,6 +320,28 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torture_starts_its_own_azurite_and_moto_unless_the_user_named_them() {
+        let rig_env = vec![
+            (env::POSTGRES_URL.to_string(), "postgres://x".to_string()),
+            (env::S3_ENDPOINT.to_string(), "http://127.0.0.1:5000".into()),
+            (env::S3_REGION.to_string(), "us-east-1".into()),
+            (
+                env::AZURITE_BLOB_URL.to_string(),
+                "http://127.0.0.1:10000/a".into(),
+            ),
+        ];
+        let names = |v: Vec<(String, String)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            names(torture_env(rig_env.clone(), |_| false)),
+            [env::POSTGRES_URL, env::S3_REGION]
+        );
+        assert_eq!(
+            names(torture_env(rig_env, |k| k == env::S3_ENDPOINT)),
+            [env::POSTGRES_URL, env::S3_ENDPOINT, env::S3_REGION]
+        );
+    }
 
     fn step(name: &str, result: StepResult, counts: Option<Counts>) -> Step {
         Step {

@@ -118,6 +118,27 @@ pub(crate) struct RunFacts {
     /// Per worker pid: (stopped, resumed) intervals.
     pub(crate) paused: HashMap<u32, Vec<(u64, u64)>>,
     pub(crate) faults_injected: u64,
+    /// Restarts of the store's server (by the run, which owns it).
+    pub(crate) server_restarts: u64,
+    /// Restarts after which the store came back without its data (moto: in memory), as
+    /// (stopped, answering again): every lock object and fencing counter was lost then.
+    pub(crate) data_losses: Vec<(u64, u64)>,
+    /// The lease TTL: a holder that believes at `t` had its grant sent after `t − TTL`.
+    pub(crate) ttl_ns: u64,
+}
+
+impl RunFacts {
+    /// Whether the store's data loss explains why `later` (granted after `earlier`) carries a
+    /// token no greater than `earlier`'s: some loss happened after `earlier` may have been granted
+    /// by the old store (it was seen before the server answered again, or within a TTL of that:
+    /// a grant still believed then was sent before) and before `later` was seen. Tokens minted
+    /// by one store only rise, so a later grant with a greater token is never excused.
+    fn lost_between(&self, earlier_start: u64, earlier_token: u64, later: &Interval) -> bool {
+        later.token <= earlier_token
+            && self.data_losses.iter().any(|&(down, up)| {
+                earlier_start < up.saturating_add(self.ttl_ns) && later.start >= down
+            })
+    }
 }
 
 /// The checker's counts. The `violations` are the safety properties; each must be 0.
@@ -130,6 +151,12 @@ pub(crate) struct Counts {
     pub(crate) losses_signalled: u64,
     pub(crate) fenced_writes_admitted: u64,
     pub(crate) stale_writes_refused: u64,
+    pub(crate) server_restarts: u64,
+    pub(crate) store_data_losses: u64,
+    /// Overlaps, token regressions and late loss signals between a grant of the store before it
+    /// lost its data and one after: the store's doing (its counter started again), reported
+    /// apart and not counted as violations.
+    pub(crate) across_data_loss: u64,
     // Violations.
     pub(crate) overlapping_holders: u64,
     pub(crate) stale_writes_admitted: u64,
@@ -153,6 +180,9 @@ impl Counts {
         self.losses_signalled += other.losses_signalled;
         self.fenced_writes_admitted += other.fenced_writes_admitted;
         self.stale_writes_refused += other.stale_writes_refused;
+        self.server_restarts += other.server_restarts;
+        self.store_data_losses += other.store_data_losses;
+        self.across_data_loss += other.across_data_loss;
         self.overlapping_holders += other.overlapping_holders;
         self.stale_writes_admitted += other.stale_writes_admitted;
         self.fencing_regressions += other.fencing_regressions;
@@ -171,6 +201,17 @@ impl Counts {
             (
                 "stale writes refused by the fence",
                 self.stale_writes_refused,
+                false,
+            ),
+            ("server restarts", self.server_restarts, false),
+            (
+                "store lost data: fencing reset after restart",
+                self.store_data_losses,
+                false,
+            ),
+            (
+                "overlaps/regressions across the data loss (store's, not counted)",
+                self.across_data_loss,
                 false,
             ),
             (
@@ -209,6 +250,8 @@ struct Interval {
 pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
     let mut counts = Counts {
         faults_injected: facts.faults_injected,
+        server_restarts: facts.server_restarts,
+        store_data_losses: facts.data_losses.len() as u64,
         ..Counts::default()
     };
     let mut grants: HashMap<(String, u64, u32), Interval> = HashMap::new();
@@ -278,11 +321,12 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
     }
     for intervals in by_key.values_mut() {
         intervals.sort_by_key(|g| (g.start, g.token));
-        let mut latest_end: Option<(u64, u32)> = None;
+        // The grant believed longest so far: (end, pid, start, token).
+        let mut latest_end: Option<(u64, u32, u64, u64)> = None;
         // The last grant whose holder believed at some point (a holder frozen between the
         // answer and noting it saw its deadline pass first: it never believed, and its start
         // says nothing about when the store granted it).
-        let mut last_believed: Option<u64> = None;
+        let mut last_believed: Option<(u64, u64)> = None;
         for (i, g) in intervals.iter().enumerate() {
             if g.lost {
                 counts.leases_lost += 1;
@@ -290,31 +334,39 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
                     counts.losses_signalled += 1;
                 }
             }
-            if let Some((end, pid)) = latest_end
+            if let Some((end, pid, start, token)) = latest_end
                 && g.start < end
                 && g.end > g.start
             {
-                counts.overlapping_holders += 1;
-                eprintln!(
-                    "torture: OVERLAP: token {} (pid {}) held from {} while an earlier grant \
-                     (pid {pid}) believed until {end}",
-                    g.token, g.pid, g.start
-                );
-            }
-            if g.end > g.start && latest_end.is_none_or(|(end, _)| g.end > end) {
-                latest_end = Some((g.end, g.pid));
-            }
-            if g.end > g.start {
-                if let Some(before) = last_believed
-                    && g.token <= before
-                {
-                    counts.fencing_regressions += 1;
+                if facts.lost_between(start, token, g) {
+                    counts.across_data_loss += 1;
+                } else {
+                    counts.overlapping_holders += 1;
                     eprintln!(
-                        "torture: FENCING REGRESSION: token {} held after token {before}",
-                        g.token
+                        "torture: OVERLAP: token {} (pid {}) held from {} while an earlier grant \
+                         (pid {pid}) believed until {end}",
+                        g.token, g.pid, g.start
                     );
                 }
-                last_believed = Some(g.token);
+            }
+            if g.end > g.start && latest_end.is_none_or(|(end, ..)| g.end > end) {
+                latest_end = Some((g.end, g.pid, g.start, g.token));
+            }
+            if g.end > g.start {
+                if let Some((before, start)) = last_believed
+                    && g.token <= before
+                {
+                    if facts.lost_between(start, before, g) {
+                        counts.across_data_loss += 1;
+                    } else {
+                        counts.fencing_regressions += 1;
+                        eprintln!(
+                            "torture: FENCING REGRESSION: token {} held after token {before}",
+                            g.token
+                        );
+                    }
+                }
+                last_believed = Some((g.token, g.start));
             }
             // A lost lease must have been signalled before the key was granted again, unless
             // its process was frozen (SIGSTOP) or killed then: nothing runs in such a process.
@@ -325,6 +377,9 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
                         .any(|&(from, to)| from <= next.start && to >= g.end.min(next.start))
                 }) || facts.killed_at.contains_key(&g.pid);
                 match g.signalled {
+                    Some(at) if at > next.start && facts.lost_between(g.start, g.token, next) => {
+                        counts.across_data_loss += 1;
+                    }
                     Some(at) if at > next.start && !frozen => {
                         counts.losses_signalled_after_next_grant += 1;
                         eprintln!(
@@ -500,6 +555,69 @@ mod tests {
         let c = check(&[], &facts);
         assert_eq!(c.stale_writes_refused, 1);
         assert_eq!(c.stale_writes_admitted, 1);
+    }
+
+    #[test]
+    fn a_store_that_lost_its_data_is_reported_apart_never_as_a_violation_or_silently() {
+        // Token 57 granted before the store restarted empty; token 1 granted by the new store
+        // while 57's holder still believed (its renewal found nothing): overlap + regression.
+        let entries = vec![
+            grant("k", 57, 1, 0),
+            end("k", 57, 1, 100),
+            grant("k", 1, 2, 60),
+            end("k", 1, 2, 70),
+            grant("k", 2, 2, 80),
+            end("k", 2, 2, 90),
+        ];
+        let mut facts = RunFacts {
+            ttl_ns: 100,
+            ..RunFacts::default()
+        };
+        let without = check(&entries, &facts);
+        assert_eq!(
+            (without.overlapping_holders, without.fencing_regressions),
+            (2, 1),
+            "without a recorded loss these are violations"
+        );
+        facts.server_restarts = 1;
+        facts.data_losses.push((50, 55));
+        let with = check(&entries, &facts);
+        assert_eq!(with.violations(), 0);
+        assert_eq!(with.across_data_loss, 3);
+        assert_eq!((with.server_restarts, with.store_data_losses), (1, 1));
+    }
+
+    #[test]
+    fn a_data_loss_never_excuses_rising_tokens_or_grants_long_after_it() {
+        let mut facts = RunFacts {
+            ttl_ns: 100,
+            data_losses: vec![(50, 55)],
+            ..RunFacts::default()
+        };
+        // A greater token overlapping: the same store minted both; a real overlap.
+        let rising = vec![
+            grant("k", 1, 1, 0),
+            end("k", 1, 1, 100),
+            grant("k", 2, 2, 60),
+        ];
+        assert_eq!(check(&rising, &facts).overlapping_holders, 1);
+        // Both grants seen more than a TTL after the store came back: the new store's own.
+        let later = vec![
+            grant("k", 5, 1, 200),
+            end("k", 5, 1, 300),
+            grant("k", 4, 2, 250),
+        ];
+        let c = check(&later, &facts);
+        assert_eq!((c.overlapping_holders, c.fencing_regressions), (1, 1));
+        // A store that kept its data (Azurite on disk): nothing is excused.
+        facts.data_losses.clear();
+        facts.server_restarts = 1;
+        let entries = vec![
+            grant("k", 7, 1, 0),
+            end("k", 7, 1, 40),
+            grant("k", 3, 2, 60),
+        ];
+        assert_eq!(check(&entries, &facts).fencing_regressions, 1);
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! new connections refused, answers stalled past the TTL); a worker frozen with SIGSTOP past the
 //! TTL and resumed; a worker killed with SIGKILL (and replaced); renew responses delayed past
 //! the deadline and answers lost inside a worker (SIGUSR1/SIGUSR2 to its fault-injecting
-//! backend wrapper).
+//! backend wrapper); and for the servers the run starts itself (Azurite, moto), a real restart
+//! of the server mid-run ([`servers`]).
 
 mod journal;
+mod plan;
+mod servers;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -29,11 +32,20 @@ use tokio::sync::Mutex;
 use crate::proxy::{FaultProxy, Faults};
 use crate::table::Table;
 use journal::{Counts, Entry, JournalWriter, RunFacts, mono_ns};
+use plan::RowPlan;
+use servers::{OwnedServer, StoreServer};
 
 pub(crate) use worker::{WorkerArgs, main as worker_main};
 
 /// Backends the torture rig knows, in the order it runs them.
-pub(crate) const BACKENDS: &[&str] = &["memory", "sqlite", "postgres", "mysql"];
+pub(crate) const BACKENDS: &[&str] = &[
+    "memory",
+    "sqlite",
+    "postgres",
+    "mysql",
+    "objstore-s3",
+    "azure",
+];
 
 /// `cargo xtask torture` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,9 +71,9 @@ pub(crate) struct TortureArgs {
     /// Contenders per process.
     #[arg(long, default_value_t = 16)]
     pub(crate) contenders: u32,
-    /// Lease TTL in milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    pub(crate) ttl_ms: u64,
+    /// Lease TTL in milliseconds (default 2,000; Azure 15,000, its minimum).
+    #[arg(long)]
+    pub(crate) ttl_ms: Option<u64>,
 }
 
 fn postgres_url() -> String {
@@ -96,8 +108,46 @@ struct Target {
     backend: &'static str,
     /// The URL the store really has (None: in process).
     url: Option<String>,
-    /// Lease table, dropped at the end.
+    /// Lease table (SQL), bucket (S3) or container (Azure); dropped at the end where it can be.
     table: String,
+    plan: RowPlan,
+}
+
+/// How a row ended.
+enum RowOutcome {
+    Ran(Counts),
+    /// Its server could not be had: a failure in CI, loudly reported elsewhere.
+    Skipped(String),
+    Failed(String),
+}
+
+impl RowOutcome {
+    fn failed(&self, ci: bool) -> bool {
+        match self {
+            RowOutcome::Ran(c) => c.violations() > 0,
+            RowOutcome::Skipped(_) => ci,
+            RowOutcome::Failed(_) => true,
+        }
+    }
+
+    fn text(&self, ci: bool) -> String {
+        match self {
+            RowOutcome::Ran(c) if c.violations() == 0 => "ok".into(),
+            RowOutcome::Ran(c) => format!("FAILED ({} violations)", c.violations()),
+            RowOutcome::Skipped(why) if ci => format!("FAILED: skipped in CI ({why})"),
+            RowOutcome::Skipped(why) => format!("SKIPPED ({why})"),
+            RowOutcome::Failed(why) => format!("FAILED ({why})"),
+        }
+    }
+}
+
+/// The server a row's store runs on, when the rig can start it itself.
+fn server_kind(backend: &str) -> Option<servers::Kind> {
+    match backend {
+        "objstore-s3" => Some(servers::Kind::Moto),
+        "azure" => Some(servers::Kind::Azurite),
+        _ => None,
+    }
 }
 
 /// `cargo xtask torture`.
@@ -117,14 +167,7 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
         }
         v
     };
-    // --quick: sized so that the four backends give over 10,000 acquisitions in a few minutes
-    // (PostgreSQL flushes every lease statement and reconnects its listener after each cut).
-    let quick_size = |backend: &str| match backend {
-        "memory" => 4_000,
-        "sqlite" => 3_000,
-        "mysql" => 2_000,
-        _ => 1_500,
-    };
+    let ci = crate::env::in_ci();
     let run_id = format!(
         "{}_{}",
         std::process::id(),
@@ -142,20 +185,43 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
             .chain(backends.iter().map(|b| b.to_string()))
             .collect::<Vec<_>>(),
     );
-    let mut per: Vec<Counts> = Vec::new();
-    let mut ok = true;
+    let mut outcomes: Vec<RowOutcome> = Vec::new();
     for backend in &backends {
-        let per_backend = args.acquisitions.unwrap_or(if args.quick {
-            quick_size(backend)
-        } else {
-            100_000
-        });
+        let plan = RowPlan::new(backend, args);
         eprintln!(
-            "torture: {backend}: {per_backend} acquisitions, seed {}",
-            args.seed
+            "torture: {backend}: {} acquisitions, TTL {:?}, a fault every {:?}, seed {}",
+            plan.acquisitions, plan.ttl, plan.fault_period, args.seed
         );
+        // Object-store and Azure names: lowercase letters, digits and hyphens.
+        let bucket = format!("torture-{}", run_id.replace('_', "-"));
+        let mut server = None;
+        if let Some(kind) = server_kind(backend) {
+            let instance = format!("torture_{run_id}_{}", backend.replace('-', "_"));
+            match servers::provide(kind, &dir.join(backend), &instance, &bucket) {
+                Ok(s) => {
+                    eprintln!("torture: {backend}: {}", s.describe());
+                    server = Some(s);
+                }
+                Err(e) => {
+                    let why = format!("{} could not be started: {e:#}", kind.title());
+                    eprintln!("torture: {backend}: SKIPPED: {why}");
+                    outcomes.push(RowOutcome::Skipped(why));
+                    continue;
+                }
+            }
+        }
         let started = std::time::Instant::now();
-        let result = rt.block_on(run_backend(backend, args, per_backend, &run_id, &dir));
+        let result = rt.block_on(run_backend(
+            backend,
+            args,
+            plan,
+            &mut server,
+            &bucket,
+            &run_id,
+            &dir,
+        ));
+        // Stops a server of our own (and waits for it) before the next row.
+        drop(server);
         match result {
             Ok(counts) => {
                 eprintln!(
@@ -164,19 +230,18 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
                     counts.violations(),
                     started.elapsed()
                 );
-                if counts.violations() > 0 {
-                    ok = false;
-                }
                 all.add(&counts);
-                per.push(counts);
+                outcomes.push(RowOutcome::Ran(counts));
             }
             Err(e) => {
                 eprintln!("torture: {backend}: FAILED: {e:#}");
-                ok = false;
-                per.push(Counts::default());
+                outcomes.push(RowOutcome::Failed(format!("{e:#}")));
             }
         }
     }
+    let mut result_row = vec!["result".to_string()];
+    result_row.extend(outcomes.iter().map(|o| o.text(ci)));
+    table.row(result_row);
     let labels = Counts::default().rows();
     for (i, (label, _, violation)) in labels.iter().enumerate() {
         let mut row = vec![if *violation {
@@ -184,15 +249,39 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
         } else {
             label.to_string()
         }];
-        row.extend(per.iter().map(|c| c.rows()[i].1.to_string()));
+        row.extend(outcomes.iter().map(|o| match o {
+            RowOutcome::Ran(c) => c.rows()[i].1.to_string(),
+            _ => "-".into(),
+        }));
         table.row(row);
     }
+    let ok = !outcomes.iter().any(|o| o.failed(ci));
     println!(
         "\ntorture (seed {}, journals in {}):\n{}",
         args.seed,
         dir.display(),
         table.render()
     );
+    let skipped: Vec<&str> = backends
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, RowOutcome::Skipped(_)))
+        .map(|(b, _)| *b)
+        .collect();
+    if !skipped.is_empty() && !ci {
+        println!(
+            "!!!!!!!! SKIPPED: torture did not run for {} (no server). With CI=true this fails the run. !!!!!!!!",
+            skipped.join(", ")
+        );
+    }
+    if all.store_data_losses > 0 {
+        println!(
+            "torture: NOTE: the store lost its data {} time(s) (an in-memory server restarted): \
+             fencing counters started again; {} overlaps/regressions across the loss are the \
+             store's and are not counted as violations (docs/safety.md)",
+            all.store_data_losses, all.across_data_loss
+        );
+    }
     println!(
         "torture: {} acquisitions, {} faults injected, {} violations: {}",
         all.acquisitions,
@@ -261,39 +350,39 @@ async fn prepare_store(target: &Target) -> Result<()> {
     let Some(url) = &target.url else {
         return Ok(());
     };
-    let store = worker::connect_store(target.backend, url, &target.table).await?;
+    let options = || -> Result<lease_sql::SqlOptions> {
+        Ok(lease_sql::SqlOptions::default().with_table(lease_sql::TableName::new(&target.table)?))
+    };
     // The concrete types migrate; the trait object does not know how.
     match target.backend {
         "postgres" => {
-            let b = lease_sql::PostgresBackend::connect_with(
-                url,
-                lease_sql::SqlOptions::default()
-                    .with_table(lease_sql::TableName::new(&target.table)?),
-            )
-            .await?;
-            b.migrate().await?;
+            lease_sql::PostgresBackend::connect_with(url, options()?)
+                .await?
+                .migrate()
+                .await?;
         }
         "mysql" => {
-            let b = lease_sql::MySqlBackend::connect_with(
-                url,
-                lease_sql::SqlOptions::default()
-                    .with_table(lease_sql::TableName::new(&target.table)?),
-            )
-            .await?;
-            b.migrate().await?;
+            lease_sql::MySqlBackend::connect_with(url, options()?)
+                .await?
+                .migrate()
+                .await?;
         }
         "sqlite" => {
-            let b = lease_sql::SqliteBackend::connect_with(
-                url,
-                lease_sql::SqlOptions::default()
-                    .with_table(lease_sql::TableName::new(&target.table)?),
-            )
-            .await?;
-            b.migrate().await?;
+            lease_sql::SqliteBackend::connect_with(url, options()?)
+                .await?
+                .migrate()
+                .await?;
         }
+        // The container, before 32 contenders race to make it on their first acquire.
+        "azure" => {
+            worker::azure_backend(url, &target.table)?
+                .ensure_container()
+                .await
+                .context("creating the lease container")?;
+        }
+        // The bucket was made with the server (moto) or is the user's to make.
         _ => {}
     }
-    drop(store);
     Ok(())
 }
 
@@ -311,6 +400,7 @@ async fn drop_store(target: &Target) {
                 let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
             }
         }
+        // Buckets and containers go with the server the run started (and its directory).
         _ => {}
     }
 }
@@ -318,11 +408,13 @@ async fn drop_store(target: &Target) {
 async fn run_backend(
     backend: &'static str,
     args: &TortureArgs,
-    acquisitions: u64,
+    plan: RowPlan,
+    server: &mut Option<StoreServer>,
+    bucket: &str,
     run_id: &str,
     dir: &Path,
 ) -> Result<Counts> {
-    let fence_table = format!("torture_fence_{run_id}_{backend}");
+    let fence_table = format!("torture_fence_{run_id}_{}", backend.replace('-', "_"));
     let target = Target {
         backend,
         url: match backend {
@@ -332,9 +424,13 @@ async fn run_backend(
                 "sqlite://{}",
                 dir.join(format!("{backend}.db")).display()
             )),
-            _ => None,
+            _ => server.as_ref().map(StoreServer::url),
         },
-        table: format!("torture_leases_{run_id}"),
+        table: match backend {
+            "objstore-s3" | "azure" => bucket.to_string(),
+            _ => format!("torture_leases_{run_id}"),
+        },
+        plan,
     };
     let fence_url = postgres_url();
     let resource = worker::FencedResource::connect(&fence_url, &fence_table, 4).await?;
@@ -342,12 +438,25 @@ async fn run_backend(
     let outcome = async {
         prepare_store(&target).await?;
         let result = if backend == "memory" {
-            run_in_process(args, acquisitions, &fence_url, &fence_table, dir).await
+            run_in_process(&target, args, &fence_url, &fence_table, dir).await
         } else {
-            run_processes(&target, args, acquisitions, &fence_url, &fence_table, dir).await
+            let mut owned = match server.take() {
+                Some(StoreServer::Owned(s)) => Some(s),
+                other => {
+                    *server = other;
+                    None
+                }
+            };
+            let result =
+                run_processes(&target, args, &mut owned, &fence_url, &fence_table, dir).await;
+            if let Some(s) = owned {
+                *server = Some(StoreServer::Owned(s));
+            }
+            result
         };
         let (entries, mut facts) = result?;
         facts.writes = resource.writes(&fence_table).await?;
+        facts.ttl_ns = target.plan.ttl.as_nanos() as u64;
         Ok::<_, anyhow::Error>(journal::check(&entries, &facts))
     }
     .await;
@@ -356,30 +465,16 @@ async fn run_backend(
     outcome
 }
 
-fn time_limit(args: &TortureArgs, acquisitions: u64) -> Duration {
-    if args.quick {
-        // CI's budget: whatever count was reached by then is reported.
-        return Duration::from_secs(75);
-    }
-    // Generous: tens to hundreds of acquisitions a second is typical; the limit stops a hang.
-    Duration::from_secs(120 + acquisitions / 20)
-}
-
-/// Time between two faults of the schedule.
-fn fault_period(args: &TortureArgs) -> Duration {
-    let ttl = Duration::from_millis(args.ttl_ms);
-    if args.quick { ttl * 2 } else { ttl }
-}
-
 /// The memory backend lives in one process: its contenders run here, with in-process faults.
 async fn run_in_process(
+    target: &Target,
     args: &TortureArgs,
-    acquisitions: u64,
     fence_url: &str,
     fence_table: &str,
     dir: &Path,
 ) -> Result<(Vec<Entry>, RunFacts)> {
-    let ttl = Duration::from_millis(args.ttl_ms);
+    let plan = &target.plan;
+    let ttl = plan.ttl;
     let faulty = FaultyBackend::new(Arc::new(MemoryBackend::new()));
     let journal_path = dir.join("memory.jsonl");
     let contenders = args.contenders * args.processes.max(2);
@@ -389,10 +484,10 @@ async fn run_in_process(
         journal: Mutex::new(JournalWriter::create(&journal_path)?),
         keys: args.keys,
         ttl,
-        quota: acquisitions,
+        quota: plan.acquisitions,
         taken: AtomicU64::new(0),
         acquire_errors: AtomicU64::new(0),
-        stop_at: tokio::time::Instant::now() + time_limit(args, acquisitions),
+        stop_at: tokio::time::Instant::now() + plan.time_limit,
     });
     let run = {
         let contest = contest.clone();
@@ -403,7 +498,7 @@ async fn run_in_process(
     let schedule = Fault::schedule(false, false);
     let mut i = args.seed as usize;
     while !run.is_finished() {
-        tokio::time::sleep(fault_period(args)).await;
+        tokio::time::sleep(plan.fault_period).await;
         match schedule[i % schedule.len()] {
             Fault::DelayRenewals => {
                 faulty.delay_responses(Op::Renew, ttl + ttl / 4);
@@ -425,18 +520,16 @@ async fn run_in_process(
     Ok((entries, facts))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_worker(
     target: &Target,
     store_url: &str,
     args: &TortureArgs,
     quota: u64,
-    fence_url: &str,
-    fence_table: &str,
+    fences: (&str, &str),
     dir: &Path,
     n: usize,
-    limit: Duration,
 ) -> Result<Proc> {
+    let (fence_url, fence_table) = fences;
     let journal = dir.join(format!("{}-{n}.jsonl", target.backend));
     let log = std::fs::File::create(dir.join(format!("{}-{n}.log", target.backend)))?;
     let child = Command::new(std::env::current_exe()?)
@@ -449,11 +542,14 @@ fn spawn_worker(
         .args(["--keys", &args.keys.to_string()])
         .args(["--contenders", &args.contenders.to_string()])
         .args(["--acquisitions", &quota.to_string()])
-        .args(["--ttl-ms", &args.ttl_ms.to_string()])
+        .args(["--ttl-ms", &target.plan.ttl.as_millis().to_string()])
         .arg("--journal")
         .arg(&journal)
         .args(["--seed", &(args.seed * 7919 + n as u64).to_string()])
-        .args(["--time-limit-s", &limit.as_secs().to_string()])
+        .args([
+            "--time-limit-s",
+            &target.plan.time_limit.as_secs().to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -476,16 +572,49 @@ fn grants_in(path: &Path) -> u64 {
         .count() as u64
 }
 
+/// A restart of the row's own server, running on a blocking thread (it waits for the server).
+type Restarting = tokio::task::JoinHandle<(OwnedServer, Result<servers::Restart>)>;
+
+/// Takes back the server from a finished restart and records what happened.
+async fn finish_restart(
+    backend: &str,
+    restarting: Restarting,
+    owned: &mut Option<OwnedServer>,
+    facts: &mut RunFacts,
+) -> Result<()> {
+    let (server, result) = restarting.await?;
+    *owned = Some(server);
+    let restart = result?;
+    facts.server_restarts += 1;
+    let down = Duration::from_nanos(restart.up_ns.saturating_sub(restart.down_ns));
+    if restart.lost_data {
+        facts.data_losses.push((restart.down_ns, restart.up_ns));
+        eprintln!(
+            "torture: {backend}: STORE LOST DATA: the server came back empty after {down:.1?} \
+             (the bucket was gone; the run made it again): every lock object and fencing counter \
+             is lost, tokens start again at 1 — reported as \"store lost data: fencing reset \
+             after restart\", not as a library violation"
+        );
+    } else {
+        eprintln!(
+            "torture: {backend}: server restarted ({down:.1?} down); its data is on disk, so \
+             every lease and fencing counter must have survived"
+        );
+    }
+    Ok(())
+}
+
 async fn run_processes(
     target: &Target,
     args: &TortureArgs,
-    acquisitions: u64,
+    owned: &mut Option<OwnedServer>,
     fence_url: &str,
     fence_table: &str,
     dir: &Path,
 ) -> Result<(Vec<Entry>, RunFacts)> {
-    let ttl = Duration::from_millis(args.ttl_ms);
-    let limit = time_limit(args, acquisitions);
+    let plan = &target.plan;
+    let ttl = plan.ttl;
+    let fences = (fence_url, fence_table);
     // Network stores get the proxy in front of them.
     let proxy = match target.url.as_deref().and_then(split_host_port) {
         Some((_, host_port, _)) if target.backend != "sqlite" => {
@@ -502,33 +631,30 @@ async fn run_processes(
         _ => target.url.clone().unwrap_or_default(),
     };
     let processes = args.processes.max(2) as u64;
+    let acquisitions = plan.acquisitions;
     let mut procs = Vec::new();
     let mut finished: Vec<PathBuf> = Vec::new();
     let mut spawned = 0;
     for i in 0..processes {
         let quota = acquisitions / processes + u64::from(i < acquisitions % processes);
         procs.push(spawn_worker(
-            target,
-            &store_url,
-            args,
-            quota,
-            fence_url,
-            fence_table,
-            dir,
-            spawned,
-            limit,
+            target, &store_url, args, quota, fences, dir, spawned,
         )?);
         spawned += 1;
     }
     let mut facts = RunFacts::default();
     let schedule = Fault::schedule(proxy.is_some(), true);
     let mut rng = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next_fault = tokio::time::Instant::now() + ttl;
+    let row_started = tokio::time::Instant::now();
+    let mut next_fault = row_started + ttl.min(plan.fault_period);
+    let mut next_restart = owned.is_some().then(|| row_started + plan.first_restart);
+    let mut restarting: Option<Restarting> = None;
+    let mut restart_error: Option<anyhow::Error> = None;
     let mut fault_index = args.seed as usize;
     // (pid, resume at)
     let mut frozen: Vec<(u32, tokio::time::Instant, u64)> = Vec::new();
     let mut reset_proxy_at: Option<(tokio::time::Instant, bool)> = None;
-    let hard_stop = tokio::time::Instant::now() + limit + Duration::from_secs(60);
+    let hard_stop = row_started + plan.time_limit + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = tokio::time::Instant::now();
@@ -554,6 +680,27 @@ async fn run_processes(
                 p.cut_all();
             }
             reset_proxy_at = None;
+        }
+        if restarting.as_ref().is_some_and(|r| r.is_finished())
+            && let Some(r) = restarting.take()
+            && let Err(e) = finish_restart(target.backend, r, owned, &mut facts).await
+        {
+            eprintln!("torture: {}: RESTART FAILED: {e:#}", target.backend);
+            restart_error.get_or_insert(e);
+        }
+        // A real restart of the store's server, when the run owns it.
+        if next_restart.is_some_and(|at| now >= at)
+            && restarting.is_none()
+            && restart_error.is_none()
+            && let Some(mut server) = owned.take()
+        {
+            let bucket = target.table.clone();
+            restarting = Some(tokio::task::spawn_blocking(move || {
+                let result = server.restart(&bucket);
+                (server, result)
+            }));
+            next_restart = Some(now + plan.restart_every);
+            facts.faults_injected += 1;
         }
         // Reap finished workers.
         let mut i = 0;
@@ -590,7 +737,7 @@ async fn run_processes(
         if now < next_fault {
             continue;
         }
-        next_fault = now + fault_period(args);
+        next_fault = now + plan.fault_period;
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -652,15 +799,7 @@ async fn run_processes(
                 let left = p.quota.saturating_sub(grants_in(&p.journal));
                 finished.push(p.journal);
                 procs.push(spawn_worker(
-                    target,
-                    &store_url,
-                    args,
-                    left,
-                    fence_url,
-                    fence_table,
-                    dir,
-                    spawned,
-                    limit,
+                    target, &store_url, args, left, fences, dir, spawned,
                 )?);
                 spawned += 1;
             }
@@ -670,12 +809,20 @@ async fn run_processes(
         }
         facts.faults_injected += 1;
     }
+    if let Some(r) = restarting.take()
+        && let Err(e) = finish_restart(target.backend, r, owned, &mut facts).await
+    {
+        restart_error.get_or_insert(e);
+    }
     if let Some(p) = proxy {
         let s = p.stats();
         eprintln!(
             "torture: {}: proxy: {} connections, {} refused, {} cut, {} closed after N bytes",
             target.backend, s.accepted, s.refused, s.cut, s.closed_after_bytes
         );
+    }
+    if let Some(e) = restart_error {
+        return Err(e.context("restarting the store's server"));
     }
     let mut entries = Vec::new();
     for path in &finished {

@@ -19,13 +19,13 @@ use super::journal::{Entry, JournalWriter, instant_ns, mono_ns};
 /// What one worker process does (passed on its command line).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct WorkerArgs {
-    /// memory, postgres, mysql or sqlite.
+    /// A row of [`super::BACKENDS`].
     #[arg(long)]
     pub(crate) backend: String,
     /// Where the lease store is (through the fault proxy for network stores).
     #[arg(long, default_value = "")]
     pub(crate) store_url: String,
-    /// Lease table (SQL backends).
+    /// Lease table (SQL backends), bucket (S3) or container (Azure).
     #[arg(long, default_value = "leases")]
     pub(crate) table: String,
     /// PostgreSQL database of the fenced resource (never through the proxy).
@@ -184,8 +184,54 @@ pub(crate) async fn connect_store(
         "postgres" => Arc::new(PostgresBackend::connect_with(url, options()?).await?),
         "mysql" => Arc::new(MySqlBackend::connect_with(url, options()?).await?),
         "sqlite" => Arc::new(SqliteBackend::connect_with(url, options()?).await?),
+        "objstore-s3" => Arc::new(s3_backend(url, table)?),
+        "azure" => Arc::new(azure_backend(url, table)?),
         other => bail!("torture: unknown backend {other:?}"),
     })
+}
+
+/// Leases as objects under `torture/` in `bucket` on the S3 server at `endpoint` (moto accepts
+/// any credentials; others come from the `LEASE_TEST_S3_*` variables).
+fn s3_backend(endpoint: &str, bucket: &str) -> Result<lease_objstore::ObjectStoreBackend> {
+    let var = |name: &str, default: &str| {
+        crate::env::user_value(name).unwrap_or_else(|| default.to_owned())
+    };
+    let options = [
+        ("aws_endpoint", endpoint.to_owned()),
+        ("aws_allow_http", "true".to_owned()),
+        (
+            "aws_access_key_id",
+            var(crate::env::S3_ACCESS_KEY_ID, "test"),
+        ),
+        (
+            "aws_secret_access_key",
+            var(crate::env::S3_SECRET_ACCESS_KEY, "test"),
+        ),
+        (
+            "aws_region",
+            var(crate::env::S3_REGION, crate::env::DEFAULT_S3_REGION),
+        ),
+    ];
+    Ok(lease_objstore::ObjectStoreBackend::from_url(
+        &format!("s3://{bucket}/torture"),
+        options,
+    )?)
+}
+
+/// Blob leases in `container` on the Azurite endpoint `endpoint` (`http://HOST:PORT/ACCOUNT`),
+/// with the key from `LEASE_TEST_AZURITE_ACCOUNT_KEY` or Azurite's published one.
+pub(crate) fn azure_backend(
+    endpoint: &str,
+    container: &str,
+) -> Result<lease_azure::AzureBlobBackend> {
+    let key = crate::env::user_value(crate::env::AZURITE_ACCOUNT_KEY)
+        .unwrap_or_else(|| lease_azure::AZURITE_ACCOUNT_KEY.to_owned());
+    Ok(lease_azure::AzureBlobBuilder::new()
+        .with_account(lease_azure::AZURITE_ACCOUNT)
+        .with_endpoint(endpoint)
+        .with_access_key(key)
+        .with_container(container)
+        .build()?)
 }
 
 /// A small deterministic generator per contender.
@@ -238,11 +284,9 @@ pub(crate) async fn contend(contest: Arc<Contest>, seed: u64) {
         && tokio::time::Instant::now() < contest.stop_at
     {
         let key = key_name(rng.below(u64::from(contest.keys)) as u32);
-        let lease = match contest
-            .locker
-            .acquire_timeout(&key, Duration::from_secs(10))
-            .await
-        {
+        // Long enough to outwait a killed holder's TTL (Azure's is 15 s).
+        let wait = Duration::from_secs(10).max(contest.ttl * 2);
+        let lease = match contest.locker.acquire_timeout(&key, wait).await {
             Ok(lease) => lease,
             Err(_) => {
                 contest.acquire_errors.fetch_add(1, Ordering::Relaxed);
