@@ -51,6 +51,14 @@ fn lease(state: &std::path::Path) -> Command {
     cmd
 }
 
+/// The binary pointed at Azurite with its account key.
+fn lease_on_azurite(state: &std::path::Path, endpoint: &str, key: &str) -> Command {
+    let mut cmd = lease(state);
+    cmd.env("AZURE_STORAGE_KEY", key)
+        .env("LEASE_AZURE_BLOB_ENDPOINT", endpoint);
+    cmd
+}
+
 #[test]
 fn exec_runs_under_an_azure_blob_lease_with_rising_tokens() {
     let Some((endpoint, key)) = azurite() else {
@@ -61,9 +69,7 @@ fn exec_runs_under_an_azure_blob_lease_with_rising_tokens() {
     let name = unique("exec");
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let out = lease(state.path())
-            .env("AZURE_STORAGE_KEY", &key)
-            .env("LEASE_AZURE_BLOB_ENDPOINT", &endpoint)
+        let out = lease_on_azurite(state.path(), &endpoint, &key)
             .args(["exec", &name, "--store", store, "--", "sh", "-c"])
             .arg("echo \"$LEASE_NAME $LEASE_FENCING_TOKEN\"")
             .output()
@@ -105,12 +111,7 @@ fn sigkill_of_lease_kills_the_command_group_on_azure() {
     };
     let dir = tempfile::tempdir().unwrap();
     support::sigkill_of_lease_kills_the_command_group(
-        || {
-            let mut cmd = lease(dir.path());
-            cmd.env("AZURE_STORAGE_KEY", &key)
-                .env("LEASE_AZURE_BLOB_ENDPOINT", &endpoint);
-            cmd
-        },
+        || lease_on_azurite(dir.path(), &endpoint, &key),
         "azblob://devstoreaccount1/lease-cli/tests",
         dir.path(),
         Duration::from_secs(15),
@@ -124,12 +125,7 @@ fn list_on_azure() {
     };
     let dir = tempfile::tempdir().unwrap();
     support::list_shows_leases_under_a_prefix(
-        || {
-            let mut cmd = lease(dir.path());
-            cmd.env("AZURE_STORAGE_KEY", &key)
-                .env("LEASE_AZURE_BLOB_ENDPOINT", &endpoint);
-            cmd
-        },
+        || lease_on_azurite(dir.path(), &endpoint, &key),
         "azblob://devstoreaccount1/lease-cli/tests",
         dir.path(),
         false,
