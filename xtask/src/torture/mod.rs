@@ -836,6 +836,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_row_without_its_server_fails_in_ci_and_is_skipped_loudly_elsewhere() {
+        let skipped = RowOutcome::Skipped("Azurite could not be started: no npm".into());
+        assert!(skipped.failed(true));
+        assert!(!skipped.failed(false));
+        assert_eq!(
+            skipped.text(false),
+            "SKIPPED (Azurite could not be started: no npm)"
+        );
+        assert!(skipped.text(true).starts_with("FAILED: skipped in CI"));
+        let clean = RowOutcome::Ran(Counts {
+            acquisitions: 10,
+            across_data_loss: 3,
+            ..Counts::default()
+        });
+        assert!(
+            !clean.failed(true),
+            "a store's data loss is not a violation"
+        );
+        let violated = RowOutcome::Ran(Counts {
+            fencing_regressions: 1,
+            ..Counts::default()
+        });
+        assert!(violated.failed(false));
+        assert!(RowOutcome::Failed("restart".into()).failed(false));
+    }
+
+    #[test]
+    fn only_the_object_store_and_azure_rows_have_servers_of_their_own() {
+        assert_eq!(server_kind("objstore-s3"), Some(servers::Kind::Moto));
+        assert_eq!(server_kind("azure"), Some(servers::Kind::Azurite));
+        for sql in ["memory", "sqlite", "postgres", "mysql"] {
+            assert_eq!(server_kind(sql), None);
+        }
+    }
+
+    #[test]
     fn host_port_is_found_and_replaced() {
         let (head, hp, tail) = split_host_port("postgres://postgres@127.0.0.1:5432/test").unwrap();
         assert_eq!(
