@@ -203,7 +203,7 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
                     server = Some(s);
                 }
                 Err(e) => {
-                    let why = format!("{} could not be started: {e:#}", kind.title());
+                    let why = format!("no {} server: {e:#}", kind.name());
                     eprintln!("torture: {backend}: SKIPPED: {why}");
                     outcomes.push(RowOutcome::Skipped(why));
                     continue;

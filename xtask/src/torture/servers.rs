@@ -22,8 +22,6 @@ use crate::services::{self, Origin, Paths, Server, Service};
 use crate::{env, ports};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stopped server gets to exit (Azurite saves its metadata database on SIGTERM).
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +40,28 @@ impl Kind {
         }
     }
 
-    /// What the run prints.
+    /// The server's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Azurite => "Azurite",
+            Kind::Moto => "moto S3",
+        }
+    }
+
+    /// What the run prints about a server of its own.
     pub(crate) fn title(self) -> &'static str {
         match self {
             Kind::Azurite => "Azurite (blob data on disk)",
             Kind::Moto => "moto S3 (in memory)",
+        }
+    }
+
+    /// How long a stopped server gets to exit before SIGKILL: Azurite saves its metadata
+    /// database on SIGTERM (and otherwise only every 5 s), moto has nothing to save.
+    fn stop_grace(self) -> Duration {
+        match self {
+            Kind::Azurite => Duration::from_secs(10),
+            Kind::Moto => Duration::from_secs(2),
         }
     }
 
@@ -102,6 +117,15 @@ impl StoreServer {
 pub(crate) fn provide(kind: Kind, dir: &Path, instance: &str, bucket: &str) -> Result<StoreServer> {
     let var = env::var_for(kind.server());
     if let Some(url) = env::user_value(var) {
+        let (host, port) = env::host_port(&url, Some(80))
+            .with_context(|| format!("{var}={url} is not an http://HOST:PORT URL"))?;
+        proc::http_status(&host, port, "/", PROBE_TIMEOUT)
+            .with_context(|| format!("{url} from {var} does not answer"))?;
+        if kind == Kind::Moto {
+            ensure_bucket(&host, port, bucket).with_context(|| {
+                format!("bucket {bucket} on {url} (make it first on an S3 server that is not moto)")
+            })?;
+        }
         return Ok(StoreServer::Given { url, var });
     }
     let server = OwnedServer::start(kind, dir, instance)?;
@@ -204,7 +228,7 @@ impl OwnedServer {
     }
 
     fn stop(&mut self) {
-        self.id.stop(STOP_GRACE);
+        self.id.stop(self.kind.stop_grace());
         let _ = proc::wait_deadline(&mut self.child, Duration::from_secs(2));
     }
 
@@ -288,6 +312,7 @@ fn launch_args(kind: Kind, port: u16, dir: &Path) -> Vec<String> {
     }
 }
 
+/// HTTP status of a HEAD of the bucket (moto answers 404 for one it does not have).
 fn bucket_status(port: u16, bucket: &str) -> Result<u16> {
     proc::http_call(
         "127.0.0.1",
@@ -300,15 +325,16 @@ fn bucket_status(port: u16, bucket: &str) -> Result<u16> {
 
 /// moto makes a bucket on an unsigned PUT.
 fn create_bucket(port: u16, bucket: &str) -> Result<()> {
-    let status = proc::http_call(
-        "127.0.0.1",
-        port,
-        "PUT",
-        &format!("/{bucket}"),
-        PROBE_TIMEOUT,
-    )?;
-    if !(200..300).contains(&status) {
-        bail!("creating bucket {bucket} on moto: HTTP {status}");
+    ensure_bucket("127.0.0.1", port, bucket)
+}
+
+fn ensure_bucket(host: &str, port: u16, bucket: &str) -> Result<()> {
+    let path = format!("/{bucket}");
+    let status = proc::http_call(host, port, "PUT", &path, PROBE_TIMEOUT)?;
+    if !(200..300).contains(&status)
+        && proc::http_call(host, port, "HEAD", &path, PROBE_TIMEOUT)? != 200
+    {
+        bail!("creating bucket {bucket}: HTTP {status}");
     }
     Ok(())
 }
