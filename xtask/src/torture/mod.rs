@@ -685,8 +685,16 @@ async fn run_processes(
             && let Some(r) = restarting.take()
             && let Err(e) = finish_restart(target.backend, r, owned, &mut facts).await
         {
-            eprintln!("torture: {}: RESTART FAILED: {e:#}", target.backend);
+            // The store is not serving the run any more: stop now rather than at the time limit.
+            eprintln!(
+                "torture: {}: RESTART FAILED: {e:#}; stopping the row",
+                target.backend
+            );
             restart_error.get_or_insert(e);
+            for p in &mut procs {
+                signal(p.pid, Signal::CONT);
+                let _ = p.child.kill();
+            }
         }
         // A real restart of the store's server, when the run owns it.
         if next_restart.is_some_and(|at| now >= at)

@@ -22,6 +22,10 @@ use crate::services::{self, Origin, Paths, Server, Service};
 use crate::{env, ports};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One bucket request to a server that the contenders keep busy (moto is one Python process).
+const BUCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the bucket requests after a restart are retried.
+const BUCKET_RETRIES_FOR: Duration = Duration::from_secs(90);
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,9 +270,11 @@ impl OwnedServer {
         self.record()?;
         let lost_data = match self.kind {
             Kind::Moto => {
-                let gone = bucket_status(self.port, bucket)? == 404;
+                // Asked first, then made: a PUT that timed out may have landed, after which a
+                // second look would say the bucket survived.
+                let gone = retrying(|| bucket_status(self.port, bucket))? == 404;
                 if gone {
-                    create_bucket(self.port, bucket)?;
+                    retrying(|| create_bucket(self.port, bucket))?;
                 }
                 gone
             }
@@ -312,6 +318,19 @@ fn launch_args(kind: Kind, port: u16, dir: &Path) -> Vec<String> {
     }
 }
 
+/// Retries `call` for [`BUCKET_RETRIES_FOR`]: the restarted server answers its probe, but the
+/// contenders' requests queue in front of ours.
+fn retrying<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + BUCKET_RETRIES_FOR;
+    loop {
+        match call() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 /// HTTP status of a HEAD of the bucket (moto answers 404 for one it does not have).
 fn bucket_status(port: u16, bucket: &str) -> Result<u16> {
     proc::http_call(
@@ -319,7 +338,7 @@ fn bucket_status(port: u16, bucket: &str) -> Result<u16> {
         port,
         "HEAD",
         &format!("/{bucket}"),
-        PROBE_TIMEOUT,
+        BUCKET_TIMEOUT,
     )
 }
 
@@ -330,9 +349,9 @@ fn create_bucket(port: u16, bucket: &str) -> Result<()> {
 
 fn ensure_bucket(host: &str, port: u16, bucket: &str) -> Result<()> {
     let path = format!("/{bucket}");
-    let status = proc::http_call(host, port, "PUT", &path, PROBE_TIMEOUT)?;
+    let status = proc::http_call(host, port, "PUT", &path, BUCKET_TIMEOUT)?;
     if !(200..300).contains(&status)
-        && proc::http_call(host, port, "HEAD", &path, PROBE_TIMEOUT)? != 200
+        && proc::http_call(host, port, "HEAD", &path, BUCKET_TIMEOUT)? != 200
     {
         bail!("creating bucket {bucket}: HTTP {status}");
     }
