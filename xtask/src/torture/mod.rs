@@ -520,47 +520,63 @@ async fn run_in_process(
     Ok((entries, facts))
 }
 
-fn spawn_worker(
-    target: &Target,
-    store_url: &str,
-    args: &TortureArgs,
-    quota: u64,
-    fences: (&str, &str),
-    dir: &Path,
-    n: usize,
-) -> Result<Proc> {
-    let (fence_url, fence_table) = fences;
-    let journal = dir.join(format!("{}-{n}.jsonl", target.backend));
-    let log = std::fs::File::create(dir.join(format!("{}-{n}.log", target.backend)))?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("torture-worker")
-        .args(["--backend", target.backend])
-        .args(["--store-url", store_url])
-        .args(["--table", &target.table])
-        .args(["--fence-url", fence_url])
-        .args(["--fence-table", fence_table])
-        .args(["--keys", &args.keys.to_string()])
-        .args(["--contenders", &args.contenders.to_string()])
-        .args(["--acquisitions", &quota.to_string()])
-        .args(["--ttl-ms", &target.plan.ttl.as_millis().to_string()])
-        .arg("--journal")
-        .arg(&journal)
-        .args(["--seed", &(args.seed * 7919 + n as u64).to_string()])
-        .args([
-            "--time-limit-s",
-            &target.plan.time_limit.as_secs().to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting a torture worker")?;
-    Ok(Proc {
-        pid: child.id(),
-        child,
-        quota,
-        journal,
-    })
+/// What every worker of a row is started with.
+struct Spawner<'a> {
+    target: &'a Target,
+    args: &'a TortureArgs,
+    store_url: String,
+    fence_url: &'a str,
+    fence_table: &'a str,
+    dir: &'a Path,
+    /// The row's time limit: a replacement started late gets only what is left of it (with the
+    /// whole limit again it ran past the coordinator's hard stop and was reported as hung).
+    row_ends: tokio::time::Instant,
+}
+
+impl Spawner<'_> {
+    fn spawn(&self, quota: u64, n: usize) -> Result<Proc> {
+        let Spawner {
+            target,
+            args,
+            store_url,
+            fence_url,
+            fence_table,
+            dir,
+            row_ends,
+        } = self;
+        let left = row_ends
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_secs()
+            .max(1);
+        let journal = dir.join(format!("{}-{n}.jsonl", target.backend));
+        let log = std::fs::File::create(dir.join(format!("{}-{n}.log", target.backend)))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("torture-worker")
+            .args(["--backend", target.backend])
+            .args(["--store-url", store_url])
+            .args(["--table", &target.table])
+            .args(["--fence-url", fence_url])
+            .args(["--fence-table", fence_table])
+            .args(["--keys", &args.keys.to_string()])
+            .args(["--contenders", &args.contenders.to_string()])
+            .args(["--acquisitions", &quota.to_string()])
+            .args(["--ttl-ms", &target.plan.ttl.as_millis().to_string()])
+            .arg("--journal")
+            .arg(&journal)
+            .args(["--seed", &(args.seed * 7919 + n as u64).to_string()])
+            .args(["--time-limit-s", &left.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a torture worker")?;
+        Ok(Proc {
+            pid: child.id(),
+            child,
+            quota,
+            journal,
+        })
+    }
 }
 
 fn grants_in(path: &Path) -> u64 {
@@ -614,7 +630,6 @@ async fn run_processes(
 ) -> Result<(Vec<Entry>, RunFacts)> {
     let plan = &target.plan;
     let ttl = plan.ttl;
-    let fences = (fence_url, fence_table);
     // Network stores get the proxy in front of them.
     let proxy = match target.url.as_deref().and_then(split_host_port) {
         Some((_, host_port, _)) if target.backend != "sqlite" => {
@@ -630,6 +645,16 @@ async fn run_processes(
         (Some(p), Some((head, _, tail))) => format!("{head}{}{tail}", p.addr()),
         _ => target.url.clone().unwrap_or_default(),
     };
+    let row_started = tokio::time::Instant::now();
+    let spawner = Spawner {
+        target,
+        args,
+        store_url,
+        fence_url,
+        fence_table,
+        dir,
+        row_ends: row_started + plan.time_limit,
+    };
     let processes = args.processes.max(2) as u64;
     let acquisitions = plan.acquisitions;
     let mut procs = Vec::new();
@@ -637,15 +662,12 @@ async fn run_processes(
     let mut spawned = 0;
     for i in 0..processes {
         let quota = acquisitions / processes + u64::from(i < acquisitions % processes);
-        procs.push(spawn_worker(
-            target, &store_url, args, quota, fences, dir, spawned,
-        )?);
+        procs.push(spawner.spawn(quota, spawned)?);
         spawned += 1;
     }
     let mut facts = RunFacts::default();
     let schedule = Fault::schedule(proxy.is_some(), true);
     let mut rng = args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let row_started = tokio::time::Instant::now();
     let mut next_fault = row_started + ttl.min(plan.fault_period);
     let mut next_restart = owned.is_some().then(|| row_started + plan.first_restart);
     let mut restarting: Option<Restarting> = None;
@@ -806,9 +828,7 @@ async fn run_processes(
                 facts.killed_at.insert(p.pid, mono_ns());
                 let left = p.quota.saturating_sub(grants_in(&p.journal));
                 finished.push(p.journal);
-                procs.push(spawn_worker(
-                    target, &store_url, args, left, fences, dir, spawned,
-                )?);
+                procs.push(spawner.spawn(left, spawned)?);
                 spawned += 1;
             }
             (Fault::DelayRenewals, _) if !victim_frozen => signal(procs[victim].pid, Signal::USR1),
