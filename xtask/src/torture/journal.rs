@@ -123,6 +123,9 @@ pub(crate) struct RunFacts {
     /// Restarts after which the store came back without its data (moto: in memory), as
     /// (stopped, answering again): every lock object and fencing counter was lost then.
     pub(crate) data_losses: Vec<(u64, u64)>,
+    /// Restarts after which the store had kept its counters but forgotten its active leases
+    /// (Azurite), as (stopped, answering again).
+    pub(crate) lease_losses: Vec<(u64, u64)>,
     /// The lease TTL: a holder that believes at `t` had its grant sent after `t − TTL`.
     pub(crate) ttl_ns: u64,
 }
@@ -134,10 +137,19 @@ impl RunFacts {
     /// a grant still believed then was sent before) and before `later` was seen. Tokens minted
     /// by one store only rise, so a later grant with a greater token is never excused.
     fn lost_between(&self, earlier_start: u64, earlier_token: u64, later: &Interval) -> bool {
-        later.token <= earlier_token
-            && self.data_losses.iter().any(|&(down, up)| {
-                earlier_start < up.saturating_add(self.ttl_ns) && later.start >= down
-            })
+        let between = |&(down, up): &(u64, u64)| {
+            earlier_start < up.saturating_add(self.ttl_ns) && later.start >= down
+        };
+        later.token <= earlier_token && self.data_losses.iter().any(between)
+    }
+
+    /// Whether a store that forgot its leases (but kept its counters) explains why `later` was
+    /// granted while `earlier` still believed, with the same window as [`Self::lost_between`].
+    /// Tokens still rise across such a loss, so this never excuses a fencing regression.
+    fn leases_lost_between(&self, earlier_start: u64, later: &Interval) -> bool {
+        self.lease_losses.iter().any(|&(down, up)| {
+            earlier_start < up.saturating_add(self.ttl_ns) && later.start >= down
+        })
     }
 }
 
@@ -153,6 +165,7 @@ pub(crate) struct Counts {
     pub(crate) stale_writes_refused: u64,
     pub(crate) server_restarts: u64,
     pub(crate) store_data_losses: u64,
+    pub(crate) store_lease_losses: u64,
     /// Overlaps, token regressions and late loss signals between a grant of the store before it
     /// lost its data and one after: the store's doing (its counter started again), reported
     /// apart and not counted as violations.
@@ -182,6 +195,7 @@ impl Counts {
         self.stale_writes_refused += other.stale_writes_refused;
         self.server_restarts += other.server_restarts;
         self.store_data_losses += other.store_data_losses;
+        self.store_lease_losses += other.store_lease_losses;
         self.across_data_loss += other.across_data_loss;
         self.overlapping_holders += other.overlapping_holders;
         self.stale_writes_admitted += other.stale_writes_admitted;
@@ -207,6 +221,11 @@ impl Counts {
             (
                 "store lost data: fencing reset after restart",
                 self.store_data_losses,
+                false,
+            ),
+            (
+                "store forgot its leases after restart (counters kept)",
+                self.store_lease_losses,
                 false,
             ),
             (
@@ -252,6 +271,7 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
         faults_injected: facts.faults_injected,
         server_restarts: facts.server_restarts,
         store_data_losses: facts.data_losses.len() as u64,
+        store_lease_losses: facts.lease_losses.len() as u64,
         ..Counts::default()
     };
     let mut grants: HashMap<(String, u64, u32), Interval> = HashMap::new();
@@ -338,7 +358,7 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
                 && g.start < end
                 && g.end > g.start
             {
-                if facts.lost_between(start, token, g) {
+                if facts.lost_between(start, token, g) || facts.leases_lost_between(start, g) {
                     counts.across_data_loss += 1;
                 } else {
                     counts.overlapping_holders += 1;
@@ -377,7 +397,11 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
                         .any(|&(from, to)| from <= next.start && to >= g.end.min(next.start))
                 }) || facts.killed_at.contains_key(&g.pid);
                 match g.signalled {
-                    Some(at) if at > next.start && facts.lost_between(g.start, g.token, next) => {
+                    Some(at)
+                        if at > next.start
+                            && (facts.lost_between(g.start, g.token, next)
+                                || facts.leases_lost_between(g.start, next)) =>
+                    {
                         counts.across_data_loss += 1;
                     }
                     Some(at) if at > next.start && !frozen => {
@@ -618,6 +642,42 @@ mod tests {
             grant("k", 3, 2, 60),
         ];
         assert_eq!(check(&entries, &facts).fencing_regressions, 1);
+    }
+
+    #[test]
+    fn a_store_that_forgot_its_leases_excuses_overlaps_across_the_restart_never_regressions() {
+        // Token 937 renewed until 150; the restarted store forgot the lease and granted 938 at
+        // 80 (tokens kept rising: the counters survived).
+        let entries = vec![
+            grant("k", 937, 1, 0),
+            end("k", 937, 1, 150),
+            grant("k", 938, 2, 80),
+            end("k", 938, 2, 90),
+            grant("k", 939, 2, 95),
+        ];
+        let mut facts = RunFacts {
+            ttl_ns: 100,
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&entries, &facts).overlapping_holders, 2);
+        facts.lease_losses.push((60, 75));
+        let c = check(&entries, &facts);
+        assert_eq!((c.violations(), c.across_data_loss), (0, 2));
+        assert_eq!(c.store_lease_losses, 1);
+        // A token that went back is still a regression: only the leases were forgotten.
+        let back = vec![
+            grant("k", 937, 1, 0),
+            end("k", 937, 1, 50),
+            grant("k", 936, 2, 80),
+        ];
+        assert_eq!(check(&back, &facts).fencing_regressions, 1);
+        // An overlap wholly after the restart (both seen after up + TTL) is the library's.
+        let after = vec![
+            grant("k", 5, 1, 200),
+            end("k", 5, 1, 300),
+            grant("k", 6, 2, 250),
+        ];
+        assert_eq!(check(&after, &facts).overlapping_holders, 1);
     }
 
     #[test]

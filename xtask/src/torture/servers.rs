@@ -4,11 +4,14 @@
 //! end. A server the user named in the environment is not ours: it is used as is and never
 //! restarted, and the run says so.
 //!
-//! What a restart must look like from the checker's side differs: Azurite keeps its blobs, their
-//! leases and their metadata (the fencing counters) across it, so a fencing regression after an
-//! Azurite restart is a violation; moto comes back empty — every lock object, hence every
-//! fencing counter, is gone — and the run records that as a data loss of the store
-//! ([`Restart::lost_data`]), which the checker reports apart from library violations.
+//! What a restart must look like from the checker's side differs: Azurite keeps its blobs and
+//! their metadata (the fencing counters) across it, so a fencing regression after an Azurite
+//! restart is a violation — but it forgets every active lease (it reloads the expiry times from
+//! disk as strings, which then never compare as later than now: every lease reads "expired"), so
+//! the run checks that with a probe lease ([`LeaseProbe`]) and records it; moto comes back empty —
+//! every lock object, hence every fencing counter, is gone — and the run records that as a data
+//! loss of the store ([`Restart::lost_data`]). The checker reports both apart from library
+//! violations.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -356,6 +359,51 @@ fn ensure_bucket(host: &str, port: u16, bucket: &str) -> Result<()> {
         bail!("creating bucket {bucket}: HTTP {status}");
     }
     Ok(())
+}
+
+/// A lease taken on the store just before a restart, looked at just after: is it still held?
+/// (Azurite 3.35 answers no: its on-disk metadata keeps the lease's expiry time as a string.)
+pub(crate) struct LeaseProbe {
+    backend: lease_azure::AzureBlobBackend,
+    key: lease_core::LeaseKey,
+    holder: lease_core::HolderToken,
+}
+
+impl LeaseProbe {
+    /// Takes a 60 s lease (never renewed) on a key no contender uses, straight to the server.
+    pub(crate) async fn take(endpoint: &str, container: &str) -> Result<Self> {
+        use lease_core::{AcquireOutcome, AcquireRequest, Backend, HolderMetadata, HolderToken};
+        let backend = super::worker::azure_backend(endpoint, container)?;
+        let key: lease_core::LeaseKey = "torture-probe/survives-restart".parse()?;
+        let holder = HolderToken::generate();
+        let request = AcquireRequest::new(
+            key.clone(),
+            holder,
+            Duration::from_secs(60),
+            HolderMetadata::default(),
+        );
+        match backend.acquire(&request).await? {
+            AcquireOutcome::Acquired(_) => Ok(Self {
+                backend,
+                key,
+                holder,
+            }),
+            _ => bail!("the probe key is held by someone else"),
+        }
+    }
+
+    /// Whether the probe's lease is still in force on the restarted server; releases it.
+    pub(crate) async fn survived(self) -> Result<bool> {
+        use lease_core::{Backend, RecordState, ReleaseRequest};
+        let record = self.backend.inspect(&self.key).await?;
+        let held =
+            record.is_some_and(|r| r.state == RecordState::Held && r.holder == Some(self.holder));
+        let _ = self
+            .backend
+            .release(&ReleaseRequest::new(self.key, self.holder))
+            .await;
+        Ok(held)
+    }
 }
 
 #[cfg(test)]
