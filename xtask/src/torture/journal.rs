@@ -89,7 +89,13 @@ impl JournalWriter {
 }
 
 pub(crate) fn read_journal(path: &Path, into: &mut Vec<Entry>) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = match File::open(path) {
+        Ok(file) => file,
+        // A worker killed while it was still connecting never opened its journal: it held
+        // nothing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
     for line in BufReader::new(file).lines() {
         let line = line?;
         // The last line of a killed worker may be cut short.
@@ -459,6 +465,14 @@ mod tests {
             lost: false,
             signalled: None,
         }
+    }
+
+    #[test]
+    fn a_worker_killed_before_it_opened_its_journal_held_nothing() {
+        let mut entries = Vec::new();
+        let missing = std::env::temp_dir().join(format!("no-journal-{}.jsonl", std::process::id()));
+        read_journal(&missing, &mut entries).unwrap();
+        assert!(entries.is_empty());
     }
 
     #[test]
