@@ -37,6 +37,9 @@ use servers::{OwnedServer, StoreServer};
 
 pub(crate) use worker::{WorkerArgs, main as worker_main};
 
+/// The copy of this binary the workers of a run are started from (in the run's directory).
+const WORKER_EXE: &str = "xtask-worker";
+
 /// Backends the torture rig knows, in the order it runs them.
 pub(crate) const BACKENDS: &[&str] = &[
     "memory",
@@ -175,6 +178,11 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
     );
     let dir = crate::services::target_dir().join("torture").join(&run_id);
     std::fs::create_dir_all(&dir)?;
+    // Workers start from a copy of this binary: a build during an hour-long run replaces
+    // target/debug/xtask, and a replacement worker started from that path then fails to start
+    // (a long PostgreSQL run ended that way at about 65,000 acquisitions).
+    std::fs::copy(std::env::current_exe()?, dir.join(WORKER_EXE))
+        .context("copying this binary for the workers")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -256,6 +264,7 @@ pub(crate) fn cmd(args: &TortureArgs) -> Result<bool> {
         table.row(row);
     }
     let ok = !outcomes.iter().any(|o| o.failed(ci));
+    let _ = std::fs::remove_file(dir.join(WORKER_EXE));
     println!(
         "\ntorture (seed {}, journals in {}):\n{}",
         args.seed,
@@ -551,7 +560,7 @@ impl Spawner<'_> {
             .max(1);
         let journal = dir.join(format!("{}-{n}.jsonl", target.backend));
         let log = std::fs::File::create(dir.join(format!("{}-{n}.log", target.backend)))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(dir.join(WORKER_EXE))
             .arg("torture-worker")
             .args(["--backend", target.backend])
             .args(["--store-url", store_url])
