@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use lease_core::{Error, Lease, Locker};
+use lease_core::{BackendError, Error, Lease, Locker};
 use rustix::process::Signal;
 use tokio::process::Command;
 
@@ -13,6 +13,9 @@ use crate::exit::{self, CliError};
 use crate::signals::{self, Signals};
 use crate::waiting;
 use crate::watchdog::Watchdog;
+
+/// How long `lease` waits for the store to confirm a release after the command ended.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// How `exec` waits for a held lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,9 +397,22 @@ impl Runner {
         }
     }
 
-    /// Releases after the command ended and picks the exit code.
+    /// Releases after the command ended and picks the exit code. The release waits at most
+    /// [`RELEASE_WAIT`]: the command is over and the lease already counts as not held, so a store
+    /// that does not answer only delays the next holder until the TTL runs out — never the exit of
+    /// `lease` (Ctrl-C while the store is down would otherwise wait for the lease's deadline).
     async fn finish(&self, lease: Lease, end: ChildEnd) -> Result<u8, CliError> {
-        match lease.release().await {
+        let released = match tokio::time::timeout(RELEASE_WAIT, lease.release()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Backend(BackendError::transient(
+                "lease",
+                format!(
+                    "no answer from the store within {}",
+                    crate::duration::short(RELEASE_WAIT)
+                ),
+            ))),
+        };
+        match released {
             Ok(()) => match end {
                 ChildEnd::Exited { code, .. } => Ok(code),
                 ChildEnd::Lost => Ok(exit::LOST),

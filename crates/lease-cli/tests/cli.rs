@@ -1132,6 +1132,55 @@ fn the_waiting_line_fits_and_is_cleared_on_ctrl_c() {
     assert!(last.starts_with("lease: interrupted by SIGINT"), "{text:?}");
 }
 
+/// A store that stops answering after the command ended holds `lease` up for at most the release
+/// wait (5 s, plus one SQLite busy timeout), not until the lease's deadline (54 s here): the
+/// command's status comes back with one warning, and the key frees itself at its TTL.
+#[test]
+fn an_unanswered_release_does_not_keep_lease_waiting_for_the_deadline() {
+    use lease_sql::sqlx::{Connection, Executor, sqlite::SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let started = dir.path().join("started");
+    let locked = dir.path().join("locked");
+    let script = format!(
+        "echo up > '{}'; while [ ! -e '{}' ]; do sleep 0.05; done",
+        started.display(),
+        locked.display()
+    );
+    let mut child = lease(dir.path())
+        .args([
+            "--store", &store, "exec", "job", "--ttl", "60s", "--", "sh", "-c", &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started, Duration::from_secs(10));
+    // Another process's exclusive transaction: every statement of `lease` now waits and fails.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut blocker = runtime.block_on(async {
+        let mut conn = SqliteConnection::connect(&store).await.unwrap();
+        conn.execute("BEGIN EXCLUSIVE").await.unwrap();
+        conn
+    });
+    std::fs::write(&locked, "").unwrap();
+    let command_ended = Instant::now();
+    let status = wait_with_limit(&mut child, Duration::from_secs(30));
+    let waited = command_ended.elapsed();
+    runtime.block_on(async { blocker.execute("ROLLBACK").await.unwrap() });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(waited < Duration::from_secs(15), "{waited:?}: {stderr}");
+    assert!(stderr.contains("releasing job failed"), "{stderr}");
+    assert!(
+        stderr.contains("frees itself when its TTL runs out"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_mariadb_database_without_the_table_is_not_changed_by_status() {
     use lease_sql::sqlx::{AssertSqlSafe, Connection, Executor, mysql::MySqlConnection};
