@@ -17,6 +17,24 @@ use crate::watchdog::Watchdog;
 /// How long `lease` waits for the store to confirm a release after the command ended.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// A release (or resignation) that gets [`RELEASE_WAIT`] to be confirmed. The lease already
+/// counts as not held once the release is sent, so giving up early only leaves the key to free
+/// itself at its TTL.
+async fn within_release_wait(
+    release: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    match tokio::time::timeout(RELEASE_WAIT, release).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Backend(BackendError::transient(
+            "lease",
+            format!(
+                "no answer from the store within {}",
+                crate::duration::short(RELEASE_WAIT)
+            ),
+        ))),
+    }
+}
+
 /// How `exec` waits for a held lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WaitMode {
@@ -185,7 +203,7 @@ impl Runner {
                 );
             let lost = matches!(end, ChildEnd::Lost);
             // Resign (release) first so another candidate can take over while we pause.
-            let code = match leadership.resign().await {
+            let code = match within_release_wait(leadership.resign()).await {
                 Ok(()) => match end {
                     ChildEnd::Exited { code, .. } => code,
                     ChildEnd::Lost => exit::LOST,
@@ -402,17 +420,7 @@ impl Runner {
     /// that does not answer only delays the next holder until the TTL runs out — never the exit of
     /// `lease` (Ctrl-C while the store is down would otherwise wait for the lease's deadline).
     async fn finish(&self, lease: Lease, end: ChildEnd) -> Result<u8, CliError> {
-        let released = match tokio::time::timeout(RELEASE_WAIT, lease.release()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Backend(BackendError::transient(
-                "lease",
-                format!(
-                    "no answer from the store within {}",
-                    crate::duration::short(RELEASE_WAIT)
-                ),
-            ))),
-        };
-        match released {
+        match within_release_wait(lease.release()).await {
             Ok(()) => match end {
                 ChildEnd::Exited { code, .. } => Ok(code),
                 ChildEnd::Lost => Ok(exit::LOST),
