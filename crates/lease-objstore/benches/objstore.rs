@@ -6,6 +6,9 @@
 //! `cargo xtask bench objstore-s3` runs it; by hand: `cargo bench -p lease-objstore --bench objstore`
 //! with the servers' variables set (`eval "$(cargo xtask services env)"`).
 
+#[path = "../tests/common/azurite.rs"]
+mod azurite;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -343,7 +346,7 @@ async fn main() {
         let key = std::env::var("LEASE_TEST_AZURITE_ACCOUNT_KEY")
             .unwrap_or_else(|_| AZURITE_KEY.to_owned());
         let container = format!("bench-{}", &HolderToken::generate().to_string()[..8]);
-        create_container(&endpoint, &key, &container).await;
+        azurite::create_container(ACCOUNT, &endpoint, &key, &container).await;
         let options = vec![
             ("azure_storage_account_name".to_owned(), ACCOUNT.to_owned()),
             ("azure_storage_account_key".to_owned(), key),
@@ -365,39 +368,3 @@ const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key (not a secret).
 const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Creates a container with one Shared Key signed request (object_store creates none).
-async fn create_container(endpoint: &str, key: &str, container: &str) {
-    use base64::Engine as _;
-    use hmac::{KeyInit, Mac};
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let version = "2021-08-06";
-    let path = format!("/{ACCOUNT}/{container}");
-    let to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}{path}\nrestype:container"
-    );
-    let secret = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
-    mac.update(to_sign.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let base = endpoint
-        .trim_end_matches('/')
-        .trim_end_matches(ACCOUNT)
-        .trim_end_matches('/');
-    let response = reqwest::Client::new()
-        .put(format!("{base}{path}?restype=container"))
-        .header("x-ms-date", date)
-        .header("x-ms-version", version)
-        .header("content-length", "0")
-        .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "create container: {}",
-        response.status()
-    );
-}

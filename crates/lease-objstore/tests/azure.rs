@@ -1,13 +1,13 @@
 //! Against Azurite through object_store's Azure store (`LEASE_TEST_AZURITE_*` variables): the
 //! whole conformance kit, 16 racers, a killed holder's takeover, and garbage objects.
 
+#[path = "common/azurite.rs"]
+mod azurite;
 mod common;
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use common::{Factory, TTL};
-use hmac::{KeyInit, Mac};
 use lease_objstore::ObjectStoreBackend;
 use lease_objstore::conformance::{Harness, require_env};
 use lease_objstore::object_store::ObjectStore;
@@ -27,41 +27,6 @@ struct Azurite {
 
 static SERVER: OnceCell<Option<Azurite>> = OnceCell::const_new();
 
-/// Creates `container` with one Shared Key signed request (object_store does not create
-/// containers, and Azurite checks signatures).
-async fn create_container(endpoint: &str, key: &str, container: &str) {
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let version = "2021-08-06";
-    let path = format!("/{ACCOUNT}/{container}");
-    let to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}{path}\nrestype:container"
-    );
-    let secret = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
-    mac.update(to_sign.as_bytes());
-    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let base = endpoint
-        .trim_end_matches('/')
-        .trim_end_matches(ACCOUNT)
-        .trim_end_matches('/');
-    let response = reqwest::Client::new()
-        .put(format!("{base}{path}?restype=container"))
-        .header("x-ms-date", date)
-        .header("x-ms-version", version)
-        .header("content-length", "0")
-        .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"))
-        .send()
-        .await
-        .expect("Azurite answers");
-    assert!(
-        response.status().is_success(),
-        "create container: {}",
-        response.status()
-    );
-}
-
 async fn server() -> Option<&'static Azurite> {
     SERVER
         .get_or_init(|| async {
@@ -71,7 +36,7 @@ async fn server() -> Option<&'static Azurite> {
                 .filter(|k| !k.is_empty())
                 .unwrap_or_else(|| AZURITE_KEY.to_owned());
             let container = common::random_name("objstore");
-            create_container(&endpoint, &key, &container).await;
+            azurite::create_container(ACCOUNT, &endpoint, &key, &container).await;
             Some(Azurite {
                 container,
                 options: vec![
