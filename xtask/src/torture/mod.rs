@@ -363,22 +363,10 @@ async fn prepare_store(target: &Target) -> Result<()> {
     let options = || -> Result<lease_sql::SqlOptions> {
         Ok(lease_sql::SqlOptions::default().with_table(lease_sql::TableName::new(&target.table)?))
     };
-    // The concrete types migrate; the trait object does not know how.
+    // The SQL backends migrate (the trait object does not know how); the URL picks the dialect.
     match target.backend {
-        "postgres" => {
-            lease_sql::PostgresBackend::connect_with(url, options()?)
-                .await?
-                .migrate()
-                .await?;
-        }
-        "mysql" => {
-            lease_sql::MySqlBackend::connect_with(url, options()?)
-                .await?
-                .migrate()
-                .await?;
-        }
-        "sqlite" => {
-            lease_sql::SqliteBackend::connect_with(url, options()?)
+        "postgres" | "mysql" | "sqlite" => {
+            lease_sql::connect_with(url, options()?)
                 .await?
                 .migrate()
                 .await?;
