@@ -77,6 +77,10 @@ pub(crate) struct TortureArgs {
     /// Lease TTL in milliseconds (default 2,000; Azure 15,000, its minimum).
     #[arg(long)]
     pub(crate) ttl_ms: Option<u64>,
+    /// Stop each row after this many seconds whatever its count (default: 120 s plus a second
+    /// per 20 acquisitions, per 8 on Azure; with --quick about a minute).
+    #[arg(long)]
+    pub(crate) time_limit_s: Option<u64>,
 }
 
 fn postgres_url() -> String {
