@@ -112,6 +112,8 @@ pub(crate) struct WriteRow {
     pub(crate) key: String,
     pub(crate) token: u64,
     pub(crate) admitted: bool,
+    /// When the worker sent it (monotonic, as the journals).
+    pub(crate) sent_at: u64,
 }
 
 /// Everything the checker needs besides the journals.
@@ -171,6 +173,9 @@ pub(crate) struct Counts {
     pub(crate) stale_writes_refused: u64,
     pub(crate) server_restarts: u64,
     pub(crate) store_data_losses: u64,
+    /// Data losses after which (before the next one) the fence admitted a write again: the
+    /// restarted store's tokens climbed past the fence, so its grants were checked there too.
+    pub(crate) fence_admitting_after_data_loss: u64,
     pub(crate) store_lease_losses: u64,
     /// Overlaps, token regressions and late loss signals between a grant of the store before it
     /// lost its data and one after: the store's doing (its counter started again), reported
@@ -201,6 +206,7 @@ impl Counts {
         self.stale_writes_refused += other.stale_writes_refused;
         self.server_restarts += other.server_restarts;
         self.store_data_losses += other.store_data_losses;
+        self.fence_admitting_after_data_loss += other.fence_admitting_after_data_loss;
         self.store_lease_losses += other.store_lease_losses;
         self.across_data_loss += other.across_data_loss;
         self.overlapping_holders += other.overlapping_holders;
@@ -227,6 +233,11 @@ impl Counts {
             (
                 "store lost data: fencing reset after restart",
                 self.store_data_losses,
+                false,
+            ),
+            (
+                "data losses after which the fence admitted writes again",
+                self.fence_admitting_after_data_loss,
                 false,
             ),
             (
@@ -439,6 +450,19 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
             counts.stale_writes_refused += 1;
         }
     }
+    let mut losses = facts.data_losses.clone();
+    losses.sort_unstable();
+    counts.fence_admitting_after_data_loss = losses
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(_, up))| {
+            let next_down = losses.get(i + 1).map_or(u64::MAX, |&(down, _)| down);
+            facts
+                .writes
+                .iter()
+                .any(|w| w.admitted && w.sent_at > up && w.sent_at < next_down)
+        })
+        .count() as u64;
     counts
 }
 
@@ -568,31 +592,44 @@ mod tests {
         assert_eq!(check(&entries, &RunFacts::default()).fencing_regressions, 1);
     }
 
+    fn write(token: u64, admitted: bool, sent_at: u64) -> WriteRow {
+        WriteRow {
+            key: "k".into(),
+            token,
+            admitted,
+            sent_at,
+        }
+    }
+
     #[test]
     fn stale_writes_admitted_are_counted() {
         let facts = RunFacts {
-            writes: vec![
-                WriteRow {
-                    key: "k".into(),
-                    token: 2,
-                    admitted: true,
-                },
-                WriteRow {
-                    key: "k".into(),
-                    token: 1,
-                    admitted: false,
-                },
-                WriteRow {
-                    key: "k".into(),
-                    token: 1,
-                    admitted: true,
-                },
-            ],
+            writes: vec![write(2, true, 1), write(1, false, 2), write(1, true, 3)],
             ..RunFacts::default()
         };
         let c = check(&[], &facts);
         assert_eq!(c.stale_writes_refused, 1);
         assert_eq!(c.stale_writes_admitted, 1);
+    }
+
+    #[test]
+    fn the_fence_admitting_again_after_a_data_loss_is_counted_once_per_loss() {
+        // Losses at 100-110 and 200-210: writes admitted after the first (sent at 150), none
+        // after the second (refused: its tokens never climbed past the fence).
+        let facts = RunFacts {
+            writes: vec![
+                write(40, true, 50),
+                write(3, false, 120),
+                write(41, true, 150),
+                write(42, true, 160),
+                write(5, false, 220),
+            ],
+            data_losses: vec![(200, 210), (100, 110)],
+            ..RunFacts::default()
+        };
+        let c = check(&[], &facts);
+        assert_eq!(c.fence_admitting_after_data_loss, 1);
+        assert_eq!(c.violations(), 0);
     }
 
     #[test]

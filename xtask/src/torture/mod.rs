@@ -776,7 +776,7 @@ async fn run_processes(
                 (server, result)
             });
             restarting = Some((handle, probe));
-            next_restart = Some(now + plan.restart_every);
+            next_restart = Some(now + plan.restart_gap(facts.server_restarts as u32 + 1));
             facts.faults_injected += 1;
         }
         // Reap finished workers.

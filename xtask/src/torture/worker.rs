@@ -83,8 +83,8 @@ impl FencedResource {
             format!(
                 "WITH upd AS (UPDATE {table} SET fence = $2, writes = writes + 1 \
                  WHERE key = $1 AND fence {op} $2 RETURNING 1) \
-                 INSERT INTO {table}_writes (key, token, admitted, pid) \
-                 SELECT $1, $2, EXISTS (SELECT 1 FROM upd), $3 RETURNING admitted"
+                 INSERT INTO {table}_writes (key, token, admitted, pid, sent_at) \
+                 SELECT $1, $2, EXISTS (SELECT 1 FROM upd), $3, $4 RETURNING admitted"
             )
         };
         Ok(Self {
@@ -103,7 +103,8 @@ impl FencedResource {
             ),
             format!(
                 "CREATE TABLE {table}_writes (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, \
-                 token BIGINT NOT NULL, admitted BOOLEAN NOT NULL, pid INT NOT NULL)"
+                 token BIGINT NOT NULL, admitted BOOLEAN NOT NULL, pid INT NOT NULL, \
+                 sent_at BIGINT NOT NULL)"
             ),
         ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
@@ -132,17 +133,18 @@ impl FencedResource {
 
     /// Every write, in the order the resource applied them.
     pub(crate) async fn writes(&self, table: &str) -> Result<Vec<super::journal::WriteRow>> {
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT key, token, admitted FROM {table}_writes ORDER BY seq"
+        let rows: Vec<(String, i64, bool, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT key, token, admitted, sent_at FROM {table}_writes ORDER BY seq"
         )))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(key, token, admitted)| super::journal::WriteRow {
+            .map(|(key, token, admitted, sent_at)| super::journal::WriteRow {
                 key,
                 token: token as u64,
                 admitted,
+                sent_at: sent_at as u64,
             })
             .collect())
     }
@@ -157,6 +159,7 @@ impl FencedResource {
             .bind(key)
             .bind(token as i64)
             .bind(std::process::id() as i32)
+            .bind(mono_ns() as i64)
             .fetch_one(&self.pool)
             .await?;
         Ok(admitted)
