@@ -21,12 +21,13 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// counts as not held once the release is sent, so giving up early only leaves the key to free
 /// itself at its TTL.
 async fn within_release_wait(
+    backend: &'static str,
     release: impl std::future::Future<Output = Result<(), Error>>,
 ) -> Result<(), Error> {
     match tokio::time::timeout(RELEASE_WAIT, release).await {
         Ok(result) => result,
         Err(_) => Err(Error::Backend(BackendError::transient(
-            "lease",
+            backend,
             format!(
                 "no answer from the store within {}",
                 crate::duration::short(RELEASE_WAIT)
@@ -203,7 +204,9 @@ impl Runner {
                 );
             let lost = matches!(end, ChildEnd::Lost);
             // Resign (release) first so another candidate can take over while we pause.
-            let code = match within_release_wait(leadership.resign()).await {
+            let code = match within_release_wait(self.locker.backend().name(), leadership.resign())
+                .await
+            {
                 Ok(()) => match end {
                     ChildEnd::Exited { code, .. } => code,
                     ChildEnd::Lost => exit::LOST,
@@ -420,7 +423,7 @@ impl Runner {
     /// that does not answer only delays the next holder until the TTL runs out — never the exit of
     /// `lease` (Ctrl-C while the store is down would otherwise wait for the lease's deadline).
     async fn finish(&self, lease: Lease, end: ChildEnd) -> Result<u8, CliError> {
-        match within_release_wait(lease.release()).await {
+        match within_release_wait(self.locker.backend().name(), lease.release()).await {
             Ok(()) => match end {
                 ChildEnd::Exited { code, .. } => Ok(code),
                 ChildEnd::Lost => Ok(exit::LOST),
