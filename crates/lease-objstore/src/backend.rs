@@ -186,7 +186,15 @@ impl ConditionalStore for ObjectStoreLeases {
         &self,
         prefix: &str,
     ) -> Result<Vec<(LeaseKey, ReadOutcome<UpdateVersion>)>, BackendError> {
-        let mut listing = self.store.list(Some(&self.prefix));
+        // The store lists by whole path segments, so only the part of `prefix` up to its last
+        // `/` narrows the listing; the rest is matched below, as a string prefix of the key.
+        let directory = prefix.rfind('/').map_or("", |end| &prefix[..end]);
+        let under: Path = self
+            .prefix
+            .parts()
+            .chain(Path::from(directory).parts())
+            .collect();
+        let mut listing = self.store.list(Some(&under));
         let mut found = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| classify(self.name, &e))?;

@@ -6,9 +6,14 @@ mod common;
 use std::sync::Arc;
 
 use common::{Factory, TTL};
+use futures_util::stream::BoxStream;
 use lease_objstore::conformance::Harness;
-use lease_objstore::object_store::ObjectStore;
 use lease_objstore::object_store::memory::InMemory;
+use lease_objstore::object_store::path::Path;
+use lease_objstore::object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 use lease_objstore::{BuildError, ErrorKind, Locker, ObjectStoreBackend};
 use object_store::local::LocalFileSystem;
 
@@ -111,4 +116,118 @@ async fn unknown_s3_option_is_refused_and_secrets_stay_out_of_debug() {
     .unwrap();
     let shown = format!("{backend:?}");
     assert!(!shown.contains("TOPSECRETVALUE"), "{shown}");
+}
+
+/// `InMemory` that records the prefix of every listing it is asked for.
+#[derive(Debug, Default)]
+struct ListingRecorder {
+    inner: InMemory,
+    asked: std::sync::Mutex<Vec<Option<Path>>>,
+}
+
+impl std::fmt::Display for ListingRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ListingRecorder({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ListingRecorder {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.asked.lock().unwrap().push(prefix.cloned());
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_asks_the_store_only_for_the_prefix_directory() {
+    let store = Arc::new(ListingRecorder::default());
+    let backend = ObjectStoreBackend::new(Arc::clone(&store) as Arc<dyn ObjectStore>, "leases");
+    let locker = Locker::builder(backend).ttl(TTL).build().unwrap();
+    let mut held = Vec::new();
+    for key in ["jobs/nightly", "jobs/hourly", "jobs2/x", "other/y"] {
+        held.push(locker.acquire(key).await.unwrap());
+    }
+    // (prefix asked by the caller, directory the store is asked to list, keys found)
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("jobs/", "leases/jobs", &["jobs/hourly", "jobs/nightly"]),
+        ("jobs/n", "leases/jobs", &["jobs/nightly"]),
+        // Not a whole segment: the store lists the parent and the key is matched as a string.
+        (
+            "jobs",
+            "leases",
+            &["jobs/hourly", "jobs/nightly", "jobs2/x"],
+        ),
+        (
+            "",
+            "leases",
+            &["jobs/hourly", "jobs/nightly", "jobs2/x", "other/y"],
+        ),
+        ("none/", "leases/none", &[]),
+    ];
+    for (prefix, directory, keys) in cases {
+        store.asked.lock().unwrap().clear();
+        let mut found: Vec<String> = locker
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key.as_str().to_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, keys, "{prefix:?}");
+        assert_eq!(
+            *store.asked.lock().unwrap(),
+            [Some(Path::from(directory))],
+            "{prefix:?}"
+        );
+    }
+    for lease in held {
+        lease.release().await.unwrap();
+    }
 }
