@@ -571,21 +571,28 @@ fn bad_ttls_are_refused_at_once_naming_what_works() {
     }
 }
 
+/// The writing end of a pipe whose reading end is already closed: every write fails (`EPIPE`).
+fn pipe_without_reader() -> Stdio {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer.into()
+}
+
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_url(dir.path());
     let out = run(lease(dir.path()).args(["--store", &store, "exec", "job", "--", "true"]));
     assert!(out.status.success());
-    // `lease status job --json | true`: the reader is gone before anything is written.
-    let mut child = lease(dir.path())
+    // `lease status job --json | true`: the reader is gone before anything is written. The
+    // pipe's reading end is closed before `lease` starts (closing it after the spawn would race
+    // with the write on a loaded machine, which then lands in the pipe's buffer).
+    let out = lease(dir.path())
         .args(["--store", &store, "status", "job", "--json"])
-        .stdout(Stdio::piped())
+        .stdout(pipe_without_reader())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141), "{out:?}");
     assert!(
         out.stderr.is_empty(),
@@ -593,14 +600,13 @@ fn a_closed_stdout_ends_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A closed stderr: the error has nowhere to go, and that is no reason to panic.
-    let mut child = lease(dir.path())
+    let status = lease(dir.path())
         .args(["--store", "redis://nowhere", "status", "job"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(pipe_without_reader())
+        .status()
         .unwrap();
-    drop(child.stderr.take());
-    assert_eq!(child.wait().unwrap().code(), Some(USAGE));
+    assert_eq!(status.code(), Some(USAGE));
     // `lease demo | head -1`: several tasks write.
     let mut child = lease(dir.path())
         .args(["--store", "memory://", "demo", "--hold", "20ms"])
