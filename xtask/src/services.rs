@@ -631,6 +631,19 @@ pub(crate) fn install_azurite(paths: &Paths) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// moto's S3 server as the rig runs it: `moto_server` wrapped by `xtask/rig/moto_s3_server.py`,
+/// which makes conditional PutObject atomic (moto checks If-Match and stores in two steps, so two
+/// concurrent PUTs on one ETag could both succeed; docs/safety.md). The program and the
+/// arguments before moto's own.
+pub(crate) fn moto_command(paths: &Paths) -> Result<(PathBuf, Vec<String>)> {
+    let python = install_venv(paths)?.join("bin/python");
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/moto_s3_server.py");
+    if !wrapper.exists() {
+        bail!("{} is missing", wrapper.display());
+    }
+    Ok((python, vec![wrapper.display().to_string()]))
+}
+
 /// Creates the venv in `target/rig/venv` with moto and fake-gcs-server unless already there.
 pub(crate) fn install_venv(paths: &Paths) -> Result<PathBuf> {
     let venv = paths.venv();
@@ -696,10 +709,10 @@ fn start_spawned(
     server: Server,
     avoid: &[u16],
 ) -> Result<(Service, Option<Child>)> {
-    let program = match server {
-        Server::Azurite => install_azurite(paths)?,
-        Server::S3 => install_venv(paths)?.join("bin/moto_server"),
-        Server::Gcs => fake_gcs_binary(&install_venv(paths)?)?,
+    let (program, leading_args) = match server {
+        Server::Azurite => (install_azurite(paths)?, Vec::new()),
+        Server::S3 => moto_command(paths)?,
+        Server::Gcs => (fake_gcs_binary(&install_venv(paths)?)?, Vec::new()),
         _ => unreachable!("not a spawned server"),
     };
     let mut avoid = avoid.to_vec();
@@ -752,6 +765,7 @@ fn start_spawned(
                 "/storage/v1/b".to_string(),
             ),
         };
+        let args: Vec<String> = leading_args.iter().cloned().chain(args).collect();
         let log_path = logs.join(format!("{}.log", server.name()));
         match spawn_and_wait(&program, &args, &log_path, logs, port, &probe_path) {
             Ok((child, id)) => {

@@ -170,9 +170,9 @@ pub(crate) struct Restart {
 impl OwnedServer {
     fn start(kind: Kind, dir: &Path, instance: &str) -> Result<Self> {
         let paths = Paths::of_workspace();
-        let program = match kind {
-            Kind::Azurite => services::install_azurite(&paths)?,
-            Kind::Moto => services::install_venv(&paths)?.join("bin/moto_server"),
+        let (program, leading_args) = match kind {
+            Kind::Azurite => (services::install_azurite(&paths)?, Vec::new()),
+            Kind::Moto => services::moto_command(&paths)?,
         };
         let dir = dir.join(match kind {
             Kind::Azurite => "azurite",
@@ -183,7 +183,11 @@ impl OwnedServer {
         for _ in 0..3 {
             // Not the usual ports: a `services up` session may have them.
             let port = ports::choose(0, &[])?;
-            let args = launch_args(kind, port, &dir);
+            let args: Vec<String> = leading_args
+                .iter()
+                .cloned()
+                .chain(launch_args(kind, port, &dir))
+                .collect();
             match services::spawn_and_wait(
                 &program,
                 &args,
