@@ -75,7 +75,8 @@ impl RowPlan {
         // moto comes back empty: its tokens start again at 1 and the fence refuses them until
         // they climb past the highest token it saw. Tokens climb at about the rate they did
         // before, so a gap twice the one before leaves the second half of each gap with the
-        // fence admitting (and checking) the new store's grants again; equal gaps never would.
+        // fence admitting (and checking) the new store's grants again; with equal gaps they seldom
+        // get there in time (docs/safety.md, seed 44).
         let loses_data = backend == "objstore-s3";
         let (first_restart, restart_every) = match (args.quick, loses_data) {
             // Early enough that the tokens climb past the fence before a quick row ends.
