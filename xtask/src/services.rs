@@ -637,7 +637,7 @@ pub(crate) fn install_azurite(paths: &Paths) -> Result<PathBuf> {
 /// arguments before moto's own.
 pub(crate) fn moto_command(paths: &Paths) -> Result<(PathBuf, Vec<String>)> {
     let python = install_venv(paths)?.join("bin/python");
-    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/moto_s3_server.py");
+    let wrapper = workspace_root().join("xtask/rig/moto_s3_server.py");
     if !wrapper.exists() {
         bail!("{} is missing", wrapper.display());
     }
