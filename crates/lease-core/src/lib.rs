@@ -65,7 +65,7 @@ pub use key::LeaseKey;
 pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
-pub use options::{LockerOptions, MIN_HOLDER_WINDOW, RetryPolicy};
+pub use options::{LockerOptions, MIN_HOLDER_WINDOW, MIN_SAFETY_ALLOWANCE, RetryPolicy};
 pub use token::{FencingToken, HolderMetadata, HolderToken};
 
 /// Re-exported so backends and users name the same types.

@@ -581,11 +581,14 @@ impl Locker {
                 }
                 Ok(Attempt::Held(record)) => {
                     pending.armed = first_uncertain.is_some();
-                    // Wake up early when the holder's expiry is due before the next poll.
+                    // Wake up early when the holder's expiry is due before the next poll. The
+                    // time left comes from the store (any value, even a hostile one): saturate.
                     let wait = record
                         .as_ref()
                         .and_then(|r| r.expires_in)
-                        .map_or(delay, |left| delay.min(left + Duration::from_millis(5)));
+                        .map_or(delay, |left| {
+                            delay.min(left.saturating_add(Duration::from_millis(5)))
+                        });
                     if let Some(report) = report.as_deref_mut() {
                         report.holder = record;
                         report.error = None;
@@ -650,14 +653,12 @@ impl Locker {
                 self.grant(key, holder, grant.fencing, ttl, sent).await
             }
             Ok(AcquireOutcome::Held(Some(record))) if record.is_held_by(&holder) => {
-                self.grant_read_back(key, holder, &record, earliest, sent)
-                    .await
+                self.grant_read_back(key, holder, &record, earliest).await
             }
             Ok(AcquireOutcome::Held(record)) => Ok(Attempt::Held(record)),
             Err(e) if e.is_transient() => {
                 // Unknown outcome: did our write land? Read it back.
                 let remaining = (sent + window).saturating_duration_since(Instant::now());
-                let read_sent = Instant::now();
                 let read = traced(
                     backend,
                     "inspect",
@@ -668,8 +669,7 @@ impl Locker {
                 match read {
                     Ok(Some(record)) if record.is_held_by(&holder) => {
                         tracing::info!(key = %key, "acquire outcome was unknown; read back: it landed");
-                        self.grant_read_back(key, holder, &record, earliest, read_sent)
-                            .await
+                        self.grant_read_back(key, holder, &record, earliest).await
                     }
                     _ => Err(e.into()),
                 }
@@ -680,36 +680,28 @@ impl Locker {
 
     /// A grant of ours found in a record read back (by inspect, or in a "held" answer): the store
     /// applied it at some point after `earliest`. Its deadline counts from `earliest` with the TTL
-    /// the record states — never a TTL assumed longer. A record without a TTL but with the time
-    /// left is judged by that, from `read_sent` (the read happened after it was sent); a record
-    /// with neither cannot be trusted, and the grant is given back.
+    /// the record states (capped at the TTL asked for) — never a TTL assumed longer. A record that
+    /// does not state its TTL is given back: its `expires_in` is an estimate (a store may round it
+    /// up), and a deadline is never derived from an estimate.
     async fn grant_read_back(
         &self,
         key: &LeaseKey,
         holder: HolderToken,
         record: &LeaseRecord,
         earliest: Instant,
-        read_sent: Instant,
     ) -> Result<Attempt, Error> {
         let requested = self.inner.options.ttl;
-        match (record.ttl, record.expires_in) {
-            (Some(ttl), _) => {
-                self.grant(key, holder, record.fencing, ttl.min(requested), earliest)
-                    .await
-            }
-            (None, Some(left)) => {
-                self.grant(key, holder, record.fencing, left.min(requested), read_sent)
-                    .await
-            }
-            (None, None) => {
-                self.give_back(key, holder).await;
-                Err(BackendError::transient(
-                    self.inner.backend.name(),
-                    "a grant read back did not say how long it lasts; given back",
-                )
-                .into())
-            }
+        if let Some(ttl) = record.ttl {
+            return self
+                .grant(key, holder, record.fencing, ttl.min(requested), earliest)
+                .await;
         }
+        self.give_back(key, holder).await;
+        Err(BackendError::transient(
+            self.inner.backend.name(),
+            "a grant read back did not state its TTL; given back",
+        )
+        .into())
     }
 
     /// Frees a grant of ours that we will not use (owner-checked, bounded by the TTL).

@@ -108,6 +108,12 @@ impl RetryPolicy {
 /// after its own deadline and be given back, forever.
 pub const MIN_HOLDER_WINDOW: Duration = Duration::from_millis(50);
 
+/// The least a holder deadline must come before the earliest instant the store can expire the
+/// grant (`TTL × max_clock_drift + safety_margin`): timers have millisecond resolution and fire at
+/// or after their instant, so with no allowance at all the lost signal would fire after another
+/// holder could have been granted the key.
+pub const MIN_SAFETY_ALLOWANCE: Duration = Duration::from_millis(1);
+
 /// The options of a [`Locker`](crate::Locker); set them with [`LockerBuilder`](crate::LockerBuilder).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -141,8 +147,9 @@ impl LockerOptions {
     /// How long after a request was sent a grant of `granted` is still safely ours:
     /// `granted × (1 − max_clock_drift) − safety_margin`, or zero if that is negative.
     pub fn holder_window(&self, granted: Duration) -> Duration {
-        granted
-            .mul_f64(1.0 - self.max_clock_drift)
+        // `mul_f64` panics on overflow; a granted TTL may come from a store, so saturate.
+        Duration::try_from_secs_f64(granted.as_secs_f64() * (1.0 - self.max_clock_drift))
+            .unwrap_or(Duration::MAX)
             .saturating_sub(self.safety_margin)
     }
 
@@ -195,6 +202,19 @@ impl LockerOptions {
                     self.ttl,
                     self.safety_margin,
                     self.smallest_workable_ttl(caps)
+                ),
+            ));
+        }
+        if self.ttl.saturating_sub(window) < MIN_SAFETY_ALLOWANCE {
+            return Err(InvalidInput::new(
+                "safety margin",
+                format!(
+                    "the drift allowance plus the safety margin is {:?}, less than {:?}: the lost \
+                     signal (a timer, which fires no earlier than its instant) could fire after \
+                     the store let another holder in; give a safety margin of at least {:?}",
+                    self.ttl.saturating_sub(window),
+                    MIN_SAFETY_ALLOWANCE,
+                    MIN_SAFETY_ALLOWANCE
                 ),
             ));
         }
@@ -263,6 +283,28 @@ mod tests {
         let mut o = LockerOptions::for_ttl(Duration::from_secs(10));
         o.retry.factor = 0.5;
         assert_eq!(o.validate(&caps()).unwrap_err().field(), "retry policy");
+    }
+
+    #[test]
+    fn no_margin_and_no_drift_allowance_is_refused() {
+        // With neither, the deadline is the store's earliest expiry itself, and the lost timer
+        // fires at or after it: too late.
+        let mut o = LockerOptions::for_ttl(Duration::from_secs(10));
+        o.safety_margin = Duration::ZERO;
+        o.max_clock_drift = 0.0;
+        assert_eq!(o.validate(&caps()).unwrap_err().field(), "safety margin");
+        o.safety_margin = MIN_SAFETY_ALLOWANCE;
+        o.validate(&caps()).unwrap();
+        // The drift allowance alone is enough when it is at least as large.
+        o.safety_margin = Duration::ZERO;
+        o.max_clock_drift = 0.001;
+        o.validate(&caps()).unwrap();
+    }
+
+    #[test]
+    fn the_holder_window_of_a_huge_grant_saturates() {
+        let o = LockerOptions::for_ttl(Duration::from_secs(10));
+        assert!(o.holder_window(Duration::MAX) > Duration::from_secs(u64::MAX / 2));
     }
 
     #[test]

@@ -250,6 +250,9 @@ impl Shared {
             };
             match result {
                 Ok(RenewOutcome::Renewed(granted)) => {
+                    // Never trust a grant longer than the one asked for: a store that rounds up
+                    // (or reports "infinite") would stretch the deadline past its own expiry.
+                    let granted = granted.min(self.options.ttl);
                     if state.extend(sent + self.options.holder_window(granted)) {
                         entry.next_renew = sent + self.options.renew_interval;
                         entry.retry = None;

@@ -53,6 +53,11 @@ enum Twist {
     InspectWithoutTtl { drop_left: bool },
     /// Renewals of keys starting with "sick" fail (transiently) forever.
     SickRenewals,
+    /// Renewals are granted for the TTL asked for, but the answer reports this TTL instead (a
+    /// store rounding up, or one reporting an "infinite" lease).
+    InflatedRenewals(Duration),
+    /// "Held" answers and records say the holder has this long left (a hostile stored value).
+    HugeTimeLeft(Duration),
 }
 
 /// MemoryBackend with one twist, counting renewal calls and the leases they carry.
@@ -90,7 +95,13 @@ impl Backend for Twisted {
             half.ttl = request.ttl / 2;
             return self.inner.acquire(&half).await;
         }
-        self.inner.acquire(request).await
+        match (self.twist, self.inner.acquire(request).await?) {
+            (Twist::HugeTimeLeft(left), AcquireOutcome::Held(Some(mut record))) => {
+                record.expires_in = Some(left);
+                Ok(AcquireOutcome::Held(Some(record)))
+            }
+            (_, outcome) => Ok(outcome),
+        }
     }
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
         self.renew_many(std::slice::from_ref(request))
@@ -119,6 +130,10 @@ impl Backend for Twisted {
                 Twist::SickRenewals if request.key.as_str().starts_with("sick") => {
                     Err(BackendError::transient("twisted", "sick"))
                 }
+                Twist::InflatedRenewals(reported) => match self.inner.renew(request).await {
+                    Ok(RenewOutcome::Renewed(_)) => Ok(RenewOutcome::Renewed(reported)),
+                    other => other,
+                },
                 _ => self.inner.renew(request).await,
             });
         }
@@ -260,25 +275,23 @@ async fn a_shorter_renewal_shortens_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_grant_read_back_counts_the_ttl_the_store_kept() {
-    // The store grants 300 ms of the 600 asked for; the answer is lost; the read-back record has
-    // no TTL but says how long is left.
-    let store = MemoryBackend::new();
-    let twisted = Twisted::new(store.clone(), Twist::ShortGrantsOnShortKeys);
-    let no_ttl = Twisted::new(store, Twist::InspectWithoutTtl { drop_left: false });
+async fn a_grant_read_back_without_a_ttl_is_given_back_whatever_time_left_it_states() {
+    // The acquire lands but its answer is lost; the record read back has no TTL, only the time
+    // left, rounded up to whole seconds (1 s while 600 ms are left). Trusting it would give a
+    // deadline past the store's expiry: the time left is an estimate, never used for safety.
     #[derive(Debug)]
-    struct Both(Arc<Twisted>, Arc<Twisted>);
+    struct RoundsUp(MemoryBackend);
     #[async_trait]
-    impl Backend for Both {
+    impl Backend for RoundsUp {
         fn name(&self) -> &'static str {
-            "both"
+            "rounds-up"
         }
         fn capabilities(&self) -> Capabilities {
             self.0.capabilities()
         }
         async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
             self.0.acquire(r).await?;
-            Err(BackendError::transient("both", "answer lost"))
+            Err(BackendError::transient("rounds-up", "answer lost"))
         }
         async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
             self.0.renew(r).await
@@ -287,10 +300,42 @@ async fn a_grant_read_back_counts_the_ttl_the_store_kept() {
             self.0.release(r).await
         }
         async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-            self.1.inspect(k).await
+            Ok(self.0.inspect(k).await?.map(|mut r| {
+                r.ttl = None;
+                r.expires_in = r
+                    .expires_in
+                    .map(|left| Duration::from_secs(left.as_secs_f64().ceil() as u64));
+                r
+            }))
         }
     }
-    let locker = locker_on(Both(twisted, no_ttl));
+    let store = MemoryBackend::new();
+    let locker = locker_on(RoundsUp(store.clone()));
+    let sent = Instant::now();
+    match locker.try_acquire("k").await {
+        Err(Error::Backend(e)) => assert!(e.is_transient(), "{e}"),
+        Ok(Some(lease)) => panic!(
+            "a grant read back without a TTL was kept, with a deadline {:?} after the send \
+             (the store expires it after {TTL:?})",
+            lease.deadline() - sent
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    let record = store.inspect(&key("k")).await.unwrap().unwrap();
+    assert!(
+        !record.is_held(),
+        "the grant was not given back: {record:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_read_back_counts_the_ttl_the_record_states() {
+    // The store grants 300 ms of the 600 asked for; the answer is lost; the record read back
+    // states the 300 ms it kept.
+    let store = MemoryBackend::new();
+    let faulty = FaultyBackend::new(Twisted::new(store, Twist::ShortGrantsOnShortKeys));
+    faulty.lose_next_response(Op::Acquire, 1);
+    let locker = locker_on(faulty);
     let sent = Instant::now();
     let lease = locker.try_acquire("short-k").await.unwrap().unwrap();
     assert_eq!(
@@ -479,6 +524,62 @@ async fn a_shorter_grant_on_acquire_sets_a_shorter_deadline() {
     let sent = Instant::now();
     let lease = locker.try_acquire("short-x").await.unwrap().unwrap();
     assert_eq!(lease.deadline(), sent + Duration::from_millis(300) - MARGIN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_reported_longer_than_asked_is_capped_at_the_ttl() {
+    // The store renews for the 600 ms asked but reports a whole second more (rounded up).
+    let backend = Twisted::new(
+        MemoryBackend::new(),
+        Twist::InflatedRenewals(TTL + Duration::from_secs(1)),
+    );
+    let locker = locker_on(Shared(backend));
+    let acquired = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    sleep(INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(
+        lease.deadline(),
+        acquired + INTERVAL + WINDOW,
+        "a renewal reporting more than the TTL asked for stretched the deadline past the store's \
+         expiry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_infinite_renewal_neither_panics_nor_stops_the_renewal() {
+    let backend = Twisted::new(MemoryBackend::new(), Twist::InflatedRenewals(Duration::MAX));
+    let locker = locker_on(Shared(Arc::clone(&backend)));
+    let acquired = Instant::now();
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    sleep(TTL * 4).await;
+    assert!(
+        lease.is_held(),
+        "renewal stopped after a renewal reported Duration::MAX"
+    );
+    assert!(backend.renew_calls.load(Ordering::SeqCst) >= 10);
+    assert!(lease.deadline() <= Instant::now() + WINDOW);
+    assert!(lease.deadline() > acquired + TTL * 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_time_left_on_a_held_key_does_not_panic_the_waiter() {
+    let store = MemoryBackend::new();
+    let _held = locker_on(store.clone())
+        .try_acquire("k")
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = locker_on(Shared(Twisted::new(
+        store,
+        Twist::HugeTimeLeft(Duration::MAX),
+    )));
+    match waiter
+        .acquire_timeout("k", Duration::from_millis(300))
+        .await
+    {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
 }
 
 // --- Release -------------------------------------------------------------------------------------
