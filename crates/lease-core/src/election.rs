@@ -79,9 +79,9 @@ impl Election {
     }
 
     /// A stream of leader changes: the current leader (or `None`) at once, then an item each time
-    /// the leader changes (a new grant, or no leader). Checks at least every `poll` and sooner when
-    /// the backend notifies waiters of releases. Backend errors are yielded as items; the stream
-    /// goes on.
+    /// the leader changes (a new grant, or no leader). Reads the record once every `poll`, never
+    /// more often (a backend whose change notifications return at once cannot make it spin).
+    /// Backend errors are yielded as items; the stream goes on.
     pub fn observe(
         &self,
         poll: Duration,
@@ -89,26 +89,20 @@ impl Election {
         struct State {
             election: Election,
             last: Option<Option<(HolderToken, FencingToken)>>,
-            first: bool,
+            /// When the record was last read.
+            last_read: Option<tokio::time::Instant>,
         }
         let start = State {
             election: self.clone(),
             last: None,
-            first: true,
+            last_read: None,
         };
         futures_util::stream::unfold(start, move |mut state| async move {
             loop {
-                if !state.first {
-                    let backend = state.election.locker.backend();
-                    if backend
-                        .wait_for_change(&state.election.key, poll)
-                        .await
-                        .is_err()
-                    {
-                        tokio::time::sleep(poll).await;
-                    }
+                if let Some(at) = state.last_read {
+                    tokio::time::sleep(poll.saturating_sub(at.elapsed())).await;
                 }
-                state.first = false;
+                state.last_read = Some(tokio::time::Instant::now());
                 match state.election.leader().await {
                     Ok(leader) => {
                         let identity = leader.as_ref().and_then(|r| Some((r.holder?, r.fencing)));

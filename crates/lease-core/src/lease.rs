@@ -122,7 +122,11 @@ pub struct Lease {
     state: Arc<LeaseState>,
     locker: Arc<LockerInner>,
     renewal_id: u64,
+    /// The release finished (or was never needed); dropping the guard does nothing more.
     done: bool,
+    /// Set when [`Lease::release`] starts: whether the lease was still held then. If that
+    /// release is cancelled, `Drop` finishes it in the background with the same retry policy.
+    release_started: Option<bool>,
 }
 
 impl Lease {
@@ -132,6 +136,7 @@ impl Lease {
             locker,
             renewal_id,
             done: false,
+            release_started: None,
         }
     }
 
@@ -189,20 +194,25 @@ impl Lease {
     /// - [`Error::Backend`] if the release could not be confirmed before the lease's deadline; the
     ///   key then frees itself when its TTL runs out.
     pub async fn release(mut self) -> Result<(), Error> {
-        self.done = true;
         let was_held = self.state.is_held();
         let earlier_loss = self.state.lost_reason();
         self.stop(LostReason::Released);
-        if !was_held {
+        // If this future is dropped before the release below is done (a timeout around it, a
+        // cancelled `run_exclusive`), `Drop` sends it in the background instead.
+        self.release_started = Some(was_held);
+        let result = if was_held {
+            self.send_release(true).await
+        } else {
             // Still try: an expired grant nobody took is cleaned up, a taken one is left alone.
             let _ = self.send_release(false).await;
-            return Err(Error::Lost {
+            Err(Error::Lost {
                 key: self.state.key.clone(),
                 fencing: self.state.fencing,
                 reason: earlier_loss.unwrap_or(LostReason::DeadlineExpired),
-            });
-        }
-        self.send_release(true).await
+            })
+        };
+        self.done = true;
+        result
     }
 
     /// Marks the lease no longer held (before the store frees it, so this process never believes it
@@ -247,7 +257,9 @@ async fn release_until(
         .await;
         match result {
             Ok(ReleaseOutcome::Released) => return Ok(()),
-            Ok(ReleaseOutcome::NotHeld) if ambiguous => return Ok(()),
+            Ok(ReleaseOutcome::NotHeld) if ambiguous => {
+                return confirm_after_unknown(&locker, &state).await;
+            }
             Ok(ReleaseOutcome::NotHeld) => {
                 return Err(Error::Lost {
                     key: state.key.clone(),
@@ -268,12 +280,38 @@ async fn release_until(
     }
 }
 
+/// A `NotHeld` answer after an attempt whose outcome was unknown: that attempt may have freed the
+/// key, or the grant was already gone (broken, or expired and taken over) and the attempt never
+/// reached the store. The record tells what is known: if no grant newer than ours was made, nobody
+/// else can have held the key, and the release is confirmed; if one was, it may have come before
+/// our release, so the lease is reported lost (work done under it may have overlapped).
+async fn confirm_after_unknown(locker: &LockerInner, state: &LeaseState) -> Result<(), Error> {
+    let read = traced(
+        &*locker.backend,
+        "inspect",
+        &state.key,
+        tokio::time::timeout(
+            locker.options.renew_interval,
+            locker.backend.inspect(&state.key),
+        ),
+    )
+    .await?;
+    match read {
+        Some(record) if record.fencing > state.fencing => Err(Error::Lost {
+            key: state.key.clone(),
+            fencing: state.fencing,
+            reason: LostReason::NotHeld,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        let was_held = self.state.is_held();
+        let was_held = self.release_started.unwrap_or_else(|| self.state.is_held());
         self.stop(LostReason::Released);
         // Best effort, and sent even when the deadline has passed: a grant that expired here but
         // was not taken over is freed now instead of at its TTL. Without a runtime (dropped during

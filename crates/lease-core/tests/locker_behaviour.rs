@@ -335,3 +335,54 @@ fn locker_for_test(store: MemoryBackend) -> Locker {
         .build()
         .unwrap()
 }
+
+/// MemoryBackend whose change notifications return at once, counting reads.
+#[derive(Debug)]
+struct RestlessWaits(MemoryBackend, AtomicUsize);
+
+#[async_trait]
+impl Backend for RestlessWaits {
+    fn name(&self) -> &'static str {
+        "restless"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities().with_notifies_waiters(true)
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.0.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.0.renew(r).await
+    }
+    async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.0.release(r).await
+    }
+    async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.inspect(k).await
+    }
+    async fn wait_for_change(&self, _: &LeaseKey, _: Duration) -> Result<(), BackendError> {
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn election_observe_never_reads_faster_than_its_poll() {
+    use futures_util::StreamExt as _;
+    let backend = Arc::new(RestlessWaits(MemoryBackend::new(), AtomicUsize::new(0)));
+    let election = Locker::from_shared(backend.clone()).election("e").unwrap();
+    let mut changes = Box::pin(election.observe(Duration::from_millis(50)));
+    assert!(changes.next().await.unwrap().unwrap().is_none());
+    // Nobody leads, nothing changes: the stream reads once per poll.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), changes.next())
+            .await
+            .is_err()
+    );
+    let reads = backend.1.load(Ordering::SeqCst);
+    assert!(
+        reads <= 6,
+        "{reads} reads in 200 ms with a 50 ms poll: observe spins"
+    );
+}

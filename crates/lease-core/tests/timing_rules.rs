@@ -600,6 +600,90 @@ async fn releasing_a_broken_lease_reports_it_lost() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_release_after_an_unknown_outcome_reports_a_takeover_as_lost() {
+    // Broken by an administrator and taken over; the holder has not renewed since. Its first
+    // release attempt fails before reaching the store, the second answers NotHeld: that NotHeld
+    // does not come from our own release, and the record shows a newer grant.
+    let (store, faulty) = faulty_memory();
+    let lease = locker_on(faulty.clone())
+        .try_acquire("k")
+        .await
+        .unwrap()
+        .unwrap();
+    store.break_lease(&key("k")).await.unwrap();
+    let _next = locker_on(store).try_acquire("k").await.unwrap().unwrap();
+    faulty.fail_next(Op::Release, 1);
+    match lease.release().await {
+        Err(Error::Lost { reason, .. }) => assert_eq!(reason, LostReason::NotHeld),
+        other => panic!("a broken, taken-over lease released as {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_answer_was_lost_is_confirmed_by_the_record() {
+    // Control for the test above: the first attempt landed (only its answer was lost), so the
+    // NotHeld of the second is our own release, and nobody was granted the key since.
+    let (_, faulty) = faulty_memory();
+    let lease = locker_on(faulty.clone())
+        .try_acquire("k")
+        .await
+        .unwrap()
+        .unwrap();
+    faulty.lose_next_response(Op::Release, 1);
+    lease.release().await.unwrap();
+}
+
+/// MemoryBackend whose first release never answers (it hangs before reaching the store).
+#[derive(Debug)]
+struct FirstReleaseHangs(MemoryBackend, AtomicU64);
+
+#[async_trait]
+impl Backend for FirstReleaseHangs {
+    fn name(&self) -> &'static str {
+        "first-release-hangs"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.0.acquire(r).await
+    }
+    async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        self.0.renew(r).await
+    }
+    async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        if self.1.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.0.release(r).await
+    }
+    async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.0.inspect(k).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_release_still_releases_in_the_background() {
+    let store = MemoryBackend::new();
+    let locker = locker_on(FirstReleaseHangs(store.clone(), AtomicU64::new(0)));
+    let lease = locker.try_acquire("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), lease.release())
+            .await
+            .is_err(),
+        "the first release should hang"
+    );
+    assert!(!handle.is_held());
+    sleep(Duration::from_millis(10)).await;
+    let record = store.inspect(&key("k")).await.unwrap().unwrap();
+    assert!(
+        !record.is_held(),
+        "a cancelled release left the key held for the rest of its TTL: {record:?}"
+    );
+}
+
 /// MemoryBackend whose releases fail with a non-retryable error, counting them.
 #[derive(Debug)]
 struct FatalRelease(MemoryBackend, AtomicU64);
