@@ -4,6 +4,12 @@
 //! leases that are due in one [`Backend::renew_many`] call, so a process holding 10,000 leases sends
 //! one batch per renew interval to a backend that can batch. The same task fires each lease's lost
 //! signal at its deadline, even while a batch is still in flight.
+//!
+//! The task runs on one runtime, but leases may come from several (a `#[tokio::test]`, a blocking
+//! pool, an application with two runtimes). When the task's runtime shuts down while leases are
+//! left, the task moves to another runtime one of those leases came from; when none is running, a
+//! plain thread fires their lost signals at their deadlines (nothing can renew them without a
+//! runtime), until a lease taken on a running runtime starts a task again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,10 +45,17 @@ struct Entries {
     /// The renewal task, while one runs. A finished handle (the task ended because no lease was
     /// left, or its runtime shut down) is replaced by a new task on the next lease.
     task: Option<tokio::task::JoinHandle<()>>,
+    /// A task is being started (outside the lock): a task dropped meanwhile leaves the choice of
+    /// runtime to the starter.
+    starting: bool,
+    /// A thread fires lost signals because no runtime is left to run the task.
+    watching: bool,
 }
 
 struct Entry {
     state: Arc<LeaseState>,
+    /// The runtime the lease was taken on: where the renewal task may move if its own shuts down.
+    runtime: tokio::runtime::Handle,
     /// When to send the next renewal (a regular interval, or a retry after a failure).
     next_renew: Instant,
     /// Backoff after consecutive failures; `None` while renewals succeed.
@@ -66,19 +79,19 @@ impl Renewer {
         let mut entries = self.shared.lock();
         let id = entries.next_id;
         entries.next_id += 1;
+        let runtime = tokio::runtime::Handle::current();
         entries.leases.insert(
             id,
             Entry {
                 state,
+                runtime: runtime.clone(),
                 next_renew: sent + self.shared.options.renew_interval,
                 retry: None,
             },
         );
-        if entries.task.as_ref().is_none_or(|t| t.is_finished()) {
-            entries.task = Some(tokio::spawn(Arc::clone(&self.shared).run()));
-        } else {
-            self.shared.wake.notify_one();
-        }
+        drop(entries);
+        self.shared.ensure_task(&runtime);
+        self.shared.wake.notify_one();
         id
     }
 
@@ -119,13 +132,46 @@ impl Shared {
         entries.leases.values().map(|e| e.state.deadline()).min()
     }
 
-    async fn run(self: Arc<Self>) {
+    /// Starts the renewal task on `runtime` unless one is running (or being started). Returns
+    /// `false` if `runtime` is shut down. Call it without the lock held: a task spawned on a
+    /// runtime that is shut down is dropped at once, and its guard takes the lock.
+    fn ensure_task(self: &Arc<Self>, runtime: &tokio::runtime::Handle) -> bool {
+        {
+            let mut entries = self.lock();
+            if entries.starting || entries.task.as_ref().is_some_and(|t| !t.is_finished()) {
+                return true;
+            }
+            entries.starting = true;
+        }
+        let task = runtime.spawn(Arc::clone(self).run());
+        let mut entries = self.lock();
+        entries.starting = false;
+        if task.is_finished() {
+            return false;
+        }
+        entries.task = Some(task);
+        true
+    }
+
+    /// The renewal task. The guard is made before the first poll: a task that its runtime drops
+    /// unpolled (a current-thread runtime shut down before it ran again) still hands its leases
+    /// on.
+    fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let guard = TaskGuard {
+            shared: Arc::clone(&self),
+            ended: false,
+        };
+        self.renew_until_none_left(guard)
+    }
+
+    async fn renew_until_none_left(self: Arc<Self>, mut guard: TaskGuard) {
         loop {
             let now = Instant::now();
             let (batch, next_wake) = {
                 let mut entries = self.lock();
                 let Some(earliest_deadline) = self.expire_overdue(&mut entries) else {
                     entries.task = None;
+                    guard.ended = true;
                     return;
                 };
                 let next_renew = entries.leases.values().map(|e| e.next_renew).min();
@@ -283,6 +329,109 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// The renewal task was dropped with leases left (its runtime shut down): starts it again on
+    /// a running runtime one of the leases was taken on, or, if none is running, on a thread that
+    /// fires the lost signals at the deadlines.
+    fn rehome(self: &Arc<Self>) {
+        let runtimes: Vec<tokio::runtime::Handle> = {
+            let mut entries = self.lock();
+            if entries.starting {
+                return; // dropped unstarted: the starter sees it finished and chooses again
+            }
+            entries.task = None;
+            let mut seen = std::collections::HashSet::new();
+            entries
+                .leases
+                .values()
+                .filter(|e| seen.insert(e.runtime.id()))
+                .map(|e| e.runtime.clone())
+                .collect()
+        };
+        if runtimes.is_empty() {
+            return;
+        }
+        // The runtime that dropped the task is shut down, so spawning there fails at once.
+        if runtimes.iter().any(|runtime| self.ensure_task(runtime)) {
+            tracing::debug!("the renewal task's runtime shut down; renewal moved to another");
+            return;
+        }
+        {
+            let mut entries = self.lock();
+            if entries.watching {
+                return;
+            }
+            entries.watching = true;
+        }
+        tracing::warn!(
+            "the renewal task's runtime shut down and no runtime that took these leases is \
+             running: they cannot be renewed, and a thread fires their lost signals at their \
+             deadlines"
+        );
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("lease-lost-watchdog".into())
+            .spawn(move || shared.watch_without_runtime());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the lost-signal thread");
+            self.lock().watching = false;
+        }
+    }
+
+    /// Fires lost signals at their deadlines (on the monotonic clock, outside any runtime) until
+    /// no lease is left or a renewal task runs again.
+    fn watch_without_runtime(&self) {
+        loop {
+            let earliest = {
+                let mut entries = self.lock();
+                // A task running again (a lease was taken on a running runtime) takes over.
+                let running = entries.task.as_ref().is_some_and(|t| !t.is_finished());
+                let earliest = if running {
+                    None
+                } else {
+                    self.expire_overdue(&mut entries)
+                };
+                let Some(earliest) = earliest else {
+                    entries.watching = false;
+                    return;
+                };
+                earliest
+            };
+            // Outside a runtime, tokio's clock is the monotonic clock itself.
+            let left = earliest
+                .into_std()
+                .saturating_duration_since(std::time::Instant::now());
+            std::thread::sleep(left.max(std::time::Duration::from_millis(1)));
+        }
+    }
+}
+
+/// Held by the renewal task; see [`Shared::rehome`].
+struct TaskGuard {
+    shared: Arc<Shared>,
+    /// The task ended by itself (no lease left).
+    ended: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if std::thread::panicking() {
+            // A bug in the renewal task: restarting it could panic again at once. End its leases
+            // as lost, signalled, rather than leave them unguarded.
+            let mut entries = self.shared.lock();
+            entries.task = None;
+            for (_, entry) in entries.leases.drain() {
+                entry.state.mark_lost(LostReason::FatalBackendError);
+            }
+            return;
+        }
+        self.shared.rehome();
     }
 }
 

@@ -269,6 +269,74 @@ fn renewal_survives_the_runtime_that_started_it() {
     });
 }
 
+fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_time().build().unwrap()
+}
+
+#[test]
+fn a_lease_from_a_second_runtime_is_renewed_after_the_first_shuts_down() {
+    let locker = Locker::builder(MemoryBackend::new())
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let first = runtime(false);
+    let second = runtime(true);
+    // The renewal task starts on the first runtime; the second lease only joins it.
+    let a = first.block_on(locker.try_acquire("a")).unwrap().unwrap();
+    let b = second.block_on(locker.try_acquire("b")).unwrap().unwrap();
+    drop(first);
+    second.block_on(async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            b.is_held(),
+            "nothing renewed the second runtime's lease after the first runtime shut down"
+        );
+        assert!(a.is_held(), "the first runtime's lease was not moved along");
+        b.release().await.unwrap();
+    });
+    std::mem::forget(a);
+}
+
+#[test]
+fn the_lost_signal_fires_in_time_when_no_runtime_is_left() {
+    let store = MemoryBackend::new();
+    let locker = Locker::builder(store.clone())
+        .ttl(Duration::from_secs(1))
+        .safety_margin(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let first = runtime(false);
+    let lease = first.block_on(locker.try_acquire("k")).unwrap().unwrap();
+    let token = lease.cancellation_token();
+    drop(first);
+    // Another client waits for the key, and is granted it when the store expires the grant.
+    let other = runtime(false);
+    let next = other
+        .block_on(
+            Locker::builder(store)
+                .ttl(Duration::from_secs(1))
+                .build()
+                .unwrap()
+                .acquire("k"),
+        )
+        .unwrap();
+    assert!(
+        token.is_cancelled(),
+        "another client holds the key and the first holder's lost signal has not fired"
+    );
+    assert!(!lease.is_held());
+    assert!(next.fencing_token() > lease.fencing_token());
+    other.block_on(next.release()).unwrap();
+    std::mem::forget(lease);
+}
+
 /// A grant found by reading back may have been written by an *earlier* attempt than the one that
 /// failed: its deadline must count from the first attempt's send time, or the holder would outlive
 /// the store's expiry.
