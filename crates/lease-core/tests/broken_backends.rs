@@ -1,6 +1,8 @@
 //! The conformance kit must catch what it claims to: each deliberately broken backend below fails
 //! the cases that check the rule it breaks (and the kit's verdict is checked, not just run).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +12,7 @@ use lease_core::{
     LeaseKey, LeaseRecord, MemoryBackend, ReleaseOutcome, ReleaseRequest, RenewOutcome,
     RenewRequest,
 };
+use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Defect {
@@ -31,6 +34,21 @@ enum Defect {
     ShortRenewalUnreported,
     /// A second acquire by the same holder token is refused.
     RefusesReacquire,
+    /// Grants and renewals expire 0.5 % early (the TTL reported is the one asked for): below what
+    /// a 10 ms poll sees at a 1 s TTL.
+    ExpiresHalfAPercentEarly,
+    /// A record untouched for 1.5 TTL after its grant ended is collected (as a store's own
+    /// expiry feature would): the fencing counter restarts.
+    CollectsIdleRecords,
+    /// `renew_many` answers in the reverse order of the requests.
+    BatchAnswersReversed,
+    /// Acquire, renew and batch renewal keep the TTL truncated to whole seconds, but report the
+    /// TTL asked for.
+    TruncatesToWholeSeconds,
+    /// `renew_many` keeps 85 % of the TTL but reports all of it (single renewals are right).
+    BatchGrantsLess,
+    /// Records leave out the TTL and round the time left up to whole seconds.
+    RecordsRoundTimeLeftUp,
     /// No defect: the control, proving the wrapper itself is not what the kit rejects.
     None,
 }
@@ -40,15 +58,71 @@ enum Defect {
 struct Broken {
     inner: MemoryBackend,
     defect: Defect,
+    /// For [`Defect::CollectsIdleRecords`]: per key, the last write and the count the collected
+    /// counter restarted from.
+    writes: Mutex<HashMap<LeaseKey, (Instant, u64)>>,
 }
 
 impl Broken {
     fn harness(defect: Defect) -> Harness {
+        Self::harness_with_ttl(defect, Duration::from_millis(300))
+    }
+
+    fn harness_with_ttl(defect: Defect, ttl: Duration) -> Harness {
         Harness::new(Broken {
             inner: MemoryBackend::new(),
             defect,
+            writes: Mutex::new(HashMap::new()),
         })
-        .with_ttl(Duration::from_millis(300))
+        .with_ttl(ttl)
+    }
+
+    /// The TTL the store keeps for a request of `ttl` (the TTL reported is `ttl` itself).
+    fn kept(&self, ttl: Duration) -> Duration {
+        match self.defect {
+            Defect::ExpiresEarly => ttl.mul_f64(0.92),
+            Defect::ExpiresHalfAPercentEarly => ttl.mul_f64(0.995),
+            Defect::TruncatesToWholeSeconds => Duration::from_secs(ttl.as_secs()),
+            _ => ttl,
+        }
+    }
+
+    fn wrote(&self, key: &LeaseKey) {
+        let mut writes = self.writes.lock().unwrap();
+        writes.entry(key.clone()).or_insert((Instant::now(), 0)).0 = Instant::now();
+    }
+
+    /// The count a collected record restarted from (0 when never collected).
+    fn base(&self, key: &LeaseKey) -> u64 {
+        self.writes.lock().unwrap().get(key).map_or(0, |w| w.1)
+    }
+
+    /// What a store that collects idle records would show of the inner record.
+    fn shown(&self, mut record: LeaseRecord) -> LeaseRecord {
+        record.fencing = FencingToken::new(record.fencing.get() - self.base(&record.key));
+        if self.defect == Defect::RecordsRoundTimeLeftUp {
+            record.ttl = None;
+            record.expires_in = record
+                .expires_in
+                .map(|left| Duration::from_secs(left.as_secs_f64().ceil() as u64));
+        }
+        record
+    }
+
+    /// For [`Defect::CollectsIdleRecords`]: forgets the counter of a record idle since its grant
+    /// ended.
+    async fn collect_if_idle(&self, key: &LeaseKey, ttl: Duration) -> Result<(), BackendError> {
+        let Some(record) = self.inner.inspect(key).await? else {
+            return Ok(());
+        };
+        let idle_since = record.expires_in.filter(|_| record.is_held());
+        let mut writes = self.writes.lock().unwrap();
+        if let (None, Some(write)) = (idle_since, writes.get_mut(key))
+            && write.0.elapsed() > ttl + ttl / 2
+        {
+            write.1 = record.fencing.get();
+        }
+        Ok(())
     }
 
     async fn current_holder(&self, key: &LeaseKey) -> Option<lease_core::HolderToken> {
@@ -88,17 +162,21 @@ impl Backend for Broken {
             }
             _ => {}
         }
-        let outcome = if self.defect == Defect::ExpiresEarly {
-            let mut shorter = request.clone();
-            shorter.ttl = request.ttl.mul_f64(0.92);
-            match self.inner.acquire(&shorter).await? {
-                AcquireOutcome::Acquired(g) => {
-                    AcquireOutcome::Acquired(Grant::new(g.fencing, request.ttl))
-                }
-                held => held,
+        if self.defect == Defect::CollectsIdleRecords {
+            self.collect_if_idle(&request.key, request.ttl).await?;
+        }
+        let mut shorter = request.clone();
+        shorter.ttl = self.kept(request.ttl);
+        let outcome = match self.inner.acquire(&shorter).await? {
+            AcquireOutcome::Acquired(g) => {
+                self.wrote(&request.key);
+                let fencing = FencingToken::new(g.fencing.get() - self.base(&request.key));
+                AcquireOutcome::Acquired(Grant::new(fencing, request.ttl))
             }
-        } else {
-            self.inner.acquire(request).await?
+            AcquireOutcome::Held(record) => {
+                AcquireOutcome::Held(record.map(|r| Box::new(self.shown(*r))))
+            }
+            other => other,
         };
         Ok(match (self.defect, outcome) {
             (Defect::FencingResets, AcquireOutcome::Acquired(g)) => {
@@ -129,20 +207,30 @@ impl Backend for Broken {
             let forged = RenewRequest::new(request.key.clone(), current, request.ttl);
             return self.inner.renew(&forged).await;
         }
-        let factor = match self.defect {
-            Defect::ExpiresEarly => 0.92,
-            Defect::ShortRenewalUnreported => 0.85,
-            _ => return self.inner.renew(request).await,
+        let kept = match self.defect {
+            Defect::ShortRenewalUnreported => request.ttl.mul_f64(0.85),
+            _ => self.kept(request.ttl),
         };
-        let shorter = RenewRequest::new(
-            request.key.clone(),
-            request.holder,
-            request.ttl.mul_f64(factor),
-        );
-        Ok(match self.inner.renew(&shorter).await? {
-            RenewOutcome::Renewed(_) => RenewOutcome::Renewed(request.ttl),
-            other => other,
-        })
+        self.renew_keeping(request, kept).await
+    }
+
+    async fn renew_many(
+        &self,
+        requests: &[RenewRequest],
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(match self.defect {
+                Defect::BatchGrantsLess => {
+                    self.renew_keeping(request, request.ttl.mul_f64(0.85)).await
+                }
+                _ => self.renew(request).await,
+            });
+        }
+        if self.defect == Defect::BatchAnswersReversed {
+            results.reverse();
+        }
+        results
     }
 
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
@@ -154,15 +242,38 @@ impl Backend for Broken {
                 .release(&ReleaseRequest::new(request.key.clone(), current))
                 .await;
         }
-        self.inner.release(request).await
+        let outcome = self.inner.release(request).await?;
+        if outcome == ReleaseOutcome::Released {
+            self.wrote(&request.key);
+        }
+        Ok(outcome)
     }
 
     async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        self.inner.inspect(key).await
+        Ok(self.inner.inspect(key).await?.map(|r| self.shown(r)))
     }
 
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
         self.inner.break_lease(key).await
+    }
+}
+
+impl Broken {
+    /// Renews for `kept`, reporting the TTL asked for.
+    async fn renew_keeping(
+        &self,
+        request: &RenewRequest,
+        kept: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        let shorter = RenewRequest::new(request.key.clone(), request.holder, kept);
+        let outcome = self.inner.renew(&shorter).await?;
+        if outcome != RenewOutcome::NotHeld {
+            self.wrote(&request.key);
+        }
+        Ok(match outcome {
+            RenewOutcome::Renewed(_) => RenewOutcome::Renewed(request.ttl),
+            other => other,
+        })
     }
 }
 
@@ -241,6 +352,64 @@ async fn renewal_shorter_than_reported_is_caught() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_half_a_percent_early_is_caught() {
+    // The early window is 4 ms (995–999 ms); a probe must land in it, and on a loaded machine a
+    // thread can be descheduled for longer. Caught in one of five runs is the claim; on an idle
+    // machine it is caught every time.
+    let h = Broken::harness_with_ttl(Defect::ExpiresHalfAPercentEarly, Duration::from_secs(1));
+    for _ in 0..5 {
+        if let Err(failure) = run_case("stopped_holder_is_taken_over_after_ttl", &h).await {
+            eprintln!("caught as expected: {failure}");
+            return;
+        }
+    }
+    panic!("the kit passed a store that expires grants 0.5 % early, five times in a row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_idle_records_is_caught() {
+    let h = Broken::harness(Defect::CollectsIdleRecords);
+    expect_failure(&h, "fencing_survives_idle_records").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_out_of_order_are_caught() {
+    let h = Broken::harness(Defect::BatchAnswersReversed);
+    expect_failure(&h, "batch_renewal_answers_in_order").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_truncated_to_whole_seconds_are_caught() {
+    // Invisible at a 1 s TTL; the kit asks for 1.5 TTL.
+    let h = Broken::harness_with_ttl(Defect::TruncatesToWholeSeconds, Duration::from_secs(1));
+    expect_failure(&h, "fractional_ttls_are_granted_as_reported").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_granting_less_than_it_reports_is_caught() {
+    let h = Broken::harness(Defect::BatchGrantsLess);
+    expect_failure(&h, "fractional_ttls_are_granted_as_reported").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_rounding_the_time_left_up_are_caught() {
+    let h = Broken::harness(Defect::RecordsRoundTimeLeftUp);
+    expect_failure(&h, "inspect_reports_holder").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrapper_without_a_defect_passes_at_a_whole_second_ttl() {
+    // Control for the two cases above that run at 1 s.
+    let h = Broken::harness_with_ttl(Defect::None, Duration::from_secs(1));
+    for case in [
+        "stopped_holder_is_taken_over_after_ttl",
+        "fractional_ttls_are_granted_as_reported",
+    ] {
+        run_case(case, &h).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrapper_without_a_defect_passes_every_case() {
     // Control: the composition itself is not what fails, for every case the tests above use.
     let h = Broken::harness(Defect::None);
@@ -255,6 +424,10 @@ async fn the_wrapper_without_a_defect_passes_every_case() {
         "reacquire_by_same_holder_is_idempotent",
         "reacquire_extends_the_expiry",
         "renewal_reports_the_ttl_it_granted",
+        "fencing_survives_idle_records",
+        "batch_renewal_answers_in_order",
+        "fractional_ttls_are_granted_as_reported",
+        "inspect_reports_holder",
     ] {
         run_case(case, &h).await.unwrap();
     }

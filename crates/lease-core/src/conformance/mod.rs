@@ -231,6 +231,9 @@ cases! {
     observed_takeover_waits_for_the_rule: "an ObservedExpiry backend never takes over before its declared rule's wait has passed since the holder's grant was answered",
     observed_renewal_restarts_the_observation: "an ObservedExpiry backend restarts the observation when the holder renews: no takeover before the rule's wait after the renewal",
     invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
+    fencing_survives_idle_records: "the fencing counter outlives any idle time: a record is never collected, so tokens never restart",
+    batch_renewal_answers_in_order: "renew_many answers each request in the order asked, whatever the key order",
+    fractional_ttls_are_granted_as_reported: "at a fractional TTL, acquire, renew and renew_many each keep the key for at least the TTL they report, counted from the send",
 }
 
 /// Runs the case named `name` against `harness`.
