@@ -44,7 +44,11 @@ const CONFORMANCE_CONTAINER: &str = "lease-conformance";
 
 async fn harness() -> Option<Harness> {
     let server = server()?;
-    Some(Harness::new(backend_in(&server, CONFORMANCE_CONTAINER)))
+    // A second instance on the same container: a second process.
+    Some(
+        Harness::new(backend_in(&server, CONFORMANCE_CONTAINER))
+            .with_peer(backend_in(&server, CONFORMANCE_CONTAINER)),
+    )
 }
 
 /// Every case of the kit, run concurrently in one test: Azure's 15 s minimum TTL makes the timing

@@ -66,7 +66,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// One attempt to extend the grant held by `request.holder` by `request.ttl` from now.
     async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError>;
 
-    /// Renews several grants, ideally in one round trip. Returns one result per request, in order.
+    /// Renews several grants, ideally in one round trip. Returns one result per request, in the
+    /// order of the requests (the kit checks it: an answer for the wrong lease could extend a holder
+    /// that lost its grant). Each reported TTL is what the store applied, as for `renew`.
     ///
     /// The default calls [`Backend::renew`] for each request in turn; backends that can batch
     /// (one SQL statement for all of a process's leases) override it and set
@@ -391,7 +393,8 @@ pub struct LeaseRecord {
     pub fencing: FencingToken,
     /// When the current grant was acquired (store's wall clock, for display only).
     pub acquired_at: Option<SystemTime>,
-    /// The TTL of the current grant.
+    /// The TTL of the current grant. A held record states it: a grant of ours found by reading back
+    /// (after an unknown outcome) is kept only for this TTL, and given back when it is missing.
     pub ttl: Option<Duration>,
     /// How long the current grant had left when the record was read, by the store's clock
     /// (an estimate for display and wake-ups; never used for safety).

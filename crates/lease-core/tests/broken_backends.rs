@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lease_core::conformance::{Harness, run_case};
+use lease_core::observed::{
+    ConditionalStore, InMemoryConditionalStore, ObservedExpiryBackend, ReadOutcome, StoredLease,
+    WriteOutcome,
+};
 use lease_core::{
     AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, FencingToken, Grant,
     LeaseKey, LeaseRecord, MemoryBackend, ReleaseOutcome, ReleaseRequest, RenewOutcome,
@@ -431,4 +435,78 @@ async fn the_wrapper_without_a_defect_passes_every_case() {
     ] {
         run_case(case, &h).await.unwrap();
     }
+}
+
+/// An in-memory conditional store whose create, when `overwrites`, replaces an existing object
+/// (a store without a real "if absent" check).
+#[derive(Clone, Debug, Default)]
+struct CreateOverwrites {
+    inner: InMemoryConditionalStore,
+    overwrites: bool,
+}
+
+#[async_trait]
+impl ConditionalStore for CreateOverwrites {
+    type Version = <InMemoryConditionalStore as ConditionalStore>::Version;
+    fn name(&self) -> &'static str {
+        "create-overwrites"
+    }
+    fn ttl_range(&self) -> (Duration, Duration) {
+        self.inner.ttl_range()
+    }
+    async fn read(&self, key: &LeaseKey) -> Result<ReadOutcome<Self::Version>, BackendError> {
+        self.inner.read(key).await
+    }
+    async fn create(
+        &self,
+        key: &LeaseKey,
+        lease: &StoredLease,
+    ) -> Result<WriteOutcome<Self::Version>, BackendError> {
+        if self.overwrites
+            && let ReadOutcome::Found { version, .. } = self.inner.read(key).await?
+        {
+            return self.inner.update(key, &version, lease).await;
+        }
+        self.inner.create(key, lease).await
+    }
+    async fn update(
+        &self,
+        key: &LeaseKey,
+        expected: &Self::Version,
+        lease: &StoredLease,
+    ) -> Result<WriteOutcome<Self::Version>, BackendError> {
+        self.inner.update(key, expected, lease).await
+    }
+}
+
+/// Two observed-expiry instances on one [`CreateOverwrites`] store, as two processes.
+fn two_instances(overwrites: bool) -> Harness {
+    let store = CreateOverwrites {
+        inner: InMemoryConditionalStore::new(),
+        overwrites,
+    };
+    Harness::new(ObservedExpiryBackend::new(store.clone()))
+        .with_peer(ObservedExpiryBackend::new(store))
+        .with_ttl(Duration::from_millis(300))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observed_store_whose_create_overwrites_is_caught() {
+    // One instance never meets this: it knows the objects it wrote, and does not create them
+    // again. A second instance (a second process) does.
+    expect_failure(
+        &two_instances(true),
+        "a_second_instance_never_overwrites_a_grant",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_correct_observed_store_pass() {
+    run_case(
+        "a_second_instance_never_overwrites_a_grant",
+        &two_instances(false),
+    )
+    .await
+    .unwrap();
 }

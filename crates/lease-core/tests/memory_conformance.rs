@@ -6,7 +6,13 @@ use lease_core::MemoryBackend;
 use lease_core::conformance::Harness;
 
 async fn harness() -> Option<Harness> {
-    Some(Harness::new(MemoryBackend::new()).with_ttl(Duration::from_millis(400)))
+    // Clones share the store: what two users of one in-process store see.
+    let store = MemoryBackend::new();
+    Some(
+        Harness::new(store.clone())
+            .with_peer(store)
+            .with_ttl(Duration::from_millis(400)),
+    )
 }
 
 lease_core::conformance_tests!(harness);

@@ -23,8 +23,13 @@ const TTL: Duration = Duration::from_secs(1);
 type MemBackend = ObservedExpiryBackend<InMemoryConditionalStore>;
 
 async fn harness() -> Option<Harness> {
-    let backend = ObservedExpiryBackend::new(InMemoryConditionalStore::new());
-    Some(Harness::new(backend).with_ttl(Duration::from_millis(400)))
+    let store = InMemoryConditionalStore::new();
+    // The peer shares the store, not the first instance's observations: a second process.
+    Some(
+        Harness::new(ObservedExpiryBackend::new(store.clone()))
+            .with_peer(ObservedExpiryBackend::new(store))
+            .with_ttl(Duration::from_millis(400)),
+    )
 }
 
 lease_core::conformance_tests!(harness);

@@ -73,7 +73,8 @@ fn raw_store(server: &'static Azurite) -> Arc<dyn ObjectStore> {
 async fn harness() -> Option<Harness> {
     let server = server().await?;
     let make = factory(server, &common::random_name("kit"));
-    Some(Harness::new(make()).with_ttl(KIT_TTL))
+    // A second backend on the same store (its own observations): a second process.
+    Some(Harness::new(make()).with_peer(make()).with_ttl(KIT_TTL))
 }
 
 lease_objstore::conformance_tests!(harness);

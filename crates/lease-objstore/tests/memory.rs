@@ -27,7 +27,8 @@ fn shared() -> (Arc<dyn ObjectStore>, Factory) {
 
 async fn harness() -> Option<Harness> {
     let (_, make) = shared();
-    Some(Harness::new(make()).with_ttl(TTL))
+    // A second backend on the same store (its own observations): a second process.
+    Some(Harness::new(make()).with_peer(make()).with_ttl(TTL))
 }
 
 lease_objstore::conformance_tests!(harness);

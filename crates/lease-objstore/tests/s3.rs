@@ -90,7 +90,8 @@ async fn harness() -> Option<Harness> {
     let s3 = server().await?;
     let make = factory(s3, &common::random_name("kit"));
     // A TTL that covers moto's latency while every case of the kit runs at once on two cores.
-    Some(Harness::new(make()).with_ttl(KIT_TTL))
+    // A second backend on the same store (its own observations): a second process.
+    Some(Harness::new(make()).with_peer(make()).with_ttl(KIT_TTL))
 }
 
 lease_objstore::conformance_tests!(harness);

@@ -36,7 +36,11 @@ async fn backend() -> Option<PostgresBackend> {
 }
 
 async fn harness() -> Option<Harness> {
-    Some(Harness::new(backend().await?))
+    let url = url()?;
+    let table = unique_table();
+    // A second instance on the same table, with its own pool: a second process.
+    let peer = backend_on(&url, table.clone()).await;
+    Some(Harness::new(backend_on(&url, table).await).with_peer(peer))
 }
 
 lease_core::conformance_tests!(harness);

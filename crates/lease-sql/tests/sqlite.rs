@@ -49,7 +49,10 @@ async fn backend() -> SqliteBackend {
 }
 
 async fn harness() -> Option<Harness> {
-    Some(Harness::new(backend().await))
+    let path = fresh_db();
+    // A second instance on the same database file: a second process.
+    let peer = backend_at(&path, SqlOptions::default()).await;
+    Some(Harness::new(backend_at(&path, SqlOptions::default()).await).with_peer(peer))
 }
 
 lease_core::conformance_tests!(harness);

@@ -1322,3 +1322,63 @@ pub(super) async fn fractional_ttls_are_granted_as_reported(h: &Harness) -> Case
     }
     Ok(())
 }
+
+pub(super) async fn a_second_instance_never_overwrites_a_grant(h: &Harness) -> CaseResult {
+    let Some(peer) = h.peer() else {
+        eprintln!(
+            "SKIPPED: no peer instance (Harness::with_peer): a_second_instance_never_overwrites_a_grant \
+             needs a second backend instance on the same store"
+        );
+        return Ok(());
+    };
+    // The peer has never seen these keys: an observed-expiry peer then tries a create first,
+    // which must meet the first instance's object, not replace it.
+    for (i, read_first) in [false, true].into_iter().enumerate() {
+        let key = h.key(&format!("peer-{i}"));
+        let holder = HolderToken::generate();
+        let token = raw_grant(h, &key, holder).await?;
+        if read_first {
+            peer.inspect(&key).await.map_err(fail("peer inspect"))?;
+        }
+        let request = AcquireRequest::new(
+            key.clone(),
+            HolderToken::generate(),
+            h.ttl(),
+            HolderMetadata::from_stored_lossy("peer"),
+        );
+        match peer.acquire(&request).await.map_err(fail("peer acquire"))? {
+            AcquireOutcome::Acquired(g) => {
+                return Err(format!(
+                    "a second instance was granted {key}, held by the first, with {g:?}: its \
+                     write replaced the holder's (a create that overwrites?)"
+                ));
+            }
+            AcquireOutcome::Held(_) => {}
+        }
+        let record = inspect(h, &key).await?.ok_or("the record vanished")?;
+        ensure!(
+            record.is_held_by(&holder) && record.fencing == token,
+            "after the second instance's attempt the record is {record:?}, expected the first \
+             holder with token {token}"
+        );
+        raw_release(h, &key, holder).await?;
+    }
+    // Through lockers on both instances, too.
+    let key = h.key("peer-lockers");
+    let first = must_acquire(&h.locker(), &key).await?;
+    let second = h.locker_on(Arc::clone(peer), "peer");
+    ensure!(
+        try_acquire(&second, &key).await?.is_none(),
+        "a locker on the second instance was granted a key held through the first"
+    );
+    let first_token = first.fencing_token();
+    first.release().await.map_err(fail("release"))?;
+    let next = must_acquire(&second, &key).await?;
+    ensure!(
+        next.fencing_token() > first_token,
+        "the second instance's token {} is not above {first_token}",
+        next.fencing_token()
+    );
+    next.release().await.map_err(fail("release"))?;
+    Ok(())
+}

@@ -46,6 +46,8 @@ use crate::token::{HolderMetadata, HolderToken};
 #[derive(Clone, Debug)]
 pub struct Harness {
     backend: Arc<dyn Backend>,
+    /// A second instance on the same store, as a second process would have.
+    peer: Option<Arc<dyn Backend>>,
     ttl: Duration,
     prefix: String,
 }
@@ -62,9 +64,29 @@ impl Harness {
         let random = HolderToken::generate().to_string();
         Self {
             backend,
+            peer: None,
             ttl,
             prefix: format!("conformance-{}", &random[..12]),
         }
+    }
+
+    /// Adds a second backend instance on the same store (built from the same URL, or a clone of
+    /// an in-process store where that is what two processes would share), as a second process
+    /// would have. Cases that need two instances (one's create meeting the other's object, say)
+    /// use it; without one they pass with a loud `SKIPPED` line.
+    pub fn with_peer(self, peer: impl Backend) -> Self {
+        self.with_peer_shared(Arc::new(peer))
+    }
+
+    /// [`Harness::with_peer`] for a shared backend.
+    pub fn with_peer_shared(mut self, peer: Arc<dyn Backend>) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// The second instance, if the harness has one.
+    pub fn peer(&self) -> Option<&Arc<dyn Backend>> {
+        self.peer.as_ref()
     }
 
     /// Sets the TTL the cases use (within the backend's range). Expiry cases wait about this long.
@@ -234,6 +256,7 @@ cases! {
     fencing_survives_idle_records: "the fencing counter outlives any idle time: a record is never collected, so tokens never restart",
     batch_renewal_answers_in_order: "renew_many answers each request in the order asked, whatever the key order",
     fractional_ttls_are_granted_as_reported: "at a fractional TTL, acquire, renew and renew_many each keep the key for at least the TTL they report, counted from the send",
+    a_second_instance_never_overwrites_a_grant: "a second backend instance on the same store (a second process) is refused a key the first holds, however little it knows of it",
 }
 
 /// Runs the case named `name` against `harness`.
