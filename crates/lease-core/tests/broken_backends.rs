@@ -8,12 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lease_core::conformance::{Harness, run_case};
 use lease_core::observed::{
-    ConditionalStore, InMemoryConditionalStore, ObservedExpiryBackend, ReadOutcome, StoredLease,
-    WriteOutcome,
+    ConditionalStore, InMemoryConditionalStore, ObservationRule, ObservedExpiryBackend,
+    ReadOutcome, StoredLease, WriteOutcome,
 };
 use lease_core::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, FencingToken, Grant,
-    LeaseKey, LeaseRecord, MemoryBackend, ReleaseOutcome, ReleaseRequest, RenewOutcome,
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, ClockModel, FencingToken,
+    Grant, LeaseKey, LeaseRecord, MemoryBackend, ReleaseOutcome, ReleaseRequest, RenewOutcome,
     RenewRequest,
 };
 use tokio::time::Instant;
@@ -506,6 +506,179 @@ async fn two_instances_on_a_correct_observed_store_pass() {
     run_case(
         "a_second_instance_never_overwrites_a_grant",
         &two_instances(false),
+    )
+    .await
+    .unwrap();
+}
+
+/// A custom observed-expiry backend (its own observation logic, not `ObservedExpiryBackend`) on
+/// an in-memory store. Its first read is served `first_read_delay` after it is sent. With
+/// `from_send`, it starts observing a version at the send of the read that returned it.
+#[derive(Debug)]
+struct CustomObserver {
+    store: InMemoryConditionalStore,
+    rule: ObservationRule,
+    from_send: bool,
+    first_read_delay: Mutex<Option<Duration>>,
+    /// Per key: the version observed and when its observation started.
+    seen: Mutex<HashMap<LeaseKey, (u64, Instant)>>,
+}
+
+type StoreVersion = <InMemoryConditionalStore as ConditionalStore>::Version;
+
+impl CustomObserver {
+    fn new(store: InMemoryConditionalStore, from_send: bool, first_read_delay: Duration) -> Self {
+        Self {
+            store,
+            rule: ObservationRule::default(),
+            from_send,
+            first_read_delay: Mutex::new(Some(first_read_delay)),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads `key`; returns what it found and how long this instance has seen that version.
+    async fn read(
+        &self,
+        key: &LeaseKey,
+    ) -> Result<Option<(StoreVersion, StoredLease, Duration)>, BackendError> {
+        let sent = Instant::now();
+        let delay = self.first_read_delay.lock().unwrap().take();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let (version, lease) = match self.store.read(key).await? {
+            ReadOutcome::Found { version, lease } => (version, lease),
+            _ => return Ok(None),
+        };
+        let answered = Instant::now();
+        let start = if self.from_send { sent } else { answered };
+        let tag = lease.revision;
+        let mut seen = self.seen.lock().unwrap();
+        let entry = seen.entry(key.clone()).or_insert((tag, start));
+        if entry.0 != tag {
+            *entry = (tag, start);
+        }
+        Ok(Some((version, lease, answered - entry.1)))
+    }
+}
+
+#[async_trait]
+impl Backend for CustomObserver {
+    fn name(&self) -> &'static str {
+        "custom-observer"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+            ClockModel::ObservedExpiry,
+        )
+        .with_observation(self.rule)
+    }
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let key = &request.key;
+        let Some((version, current, seen_for)) = self.read(key).await? else {
+            let first = StoredLease::held(request.holder, FencingToken::new(1), request.ttl);
+            return Ok(match self.store.create(key, &first).await? {
+                WriteOutcome::Written(_) => {
+                    AcquireOutcome::Acquired(Grant::new(first.fencing, request.ttl))
+                }
+                WriteOutcome::Conflict => AcquireOutcome::Held(None),
+            });
+        };
+        let free_or_ours = current.holder.is_none_or(|h| h == request.holder);
+        let waited_out = current
+            .ttl
+            .is_some_and(|ttl| seen_for >= self.rule.takeover_after(ttl));
+        if !free_or_ours && !waited_out {
+            return Ok(AcquireOutcome::Held(None));
+        }
+        let fencing = if current.holder == Some(request.holder) {
+            current.fencing
+        } else {
+            FencingToken::new(current.fencing.get() + 1)
+        };
+        let next = StoredLease::held(request.holder, fencing, request.ttl)
+            .with_revision(current.revision + 1);
+        Ok(match self.store.update(key, &version, &next).await? {
+            WriteOutcome::Written(_) => AcquireOutcome::Acquired(Grant::new(fencing, request.ttl)),
+            WriteOutcome::Conflict => AcquireOutcome::Held(None),
+        })
+    }
+    async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        let Some((version, current, _)) = self.read(&request.key).await? else {
+            return Ok(RenewOutcome::NotHeld);
+        };
+        if current.holder != Some(request.holder) {
+            return Ok(RenewOutcome::NotHeld);
+        }
+        let next = StoredLease::held(request.holder, current.fencing, request.ttl)
+            .with_revision(current.revision + 1);
+        Ok(
+            match self.store.update(&request.key, &version, &next).await? {
+                WriteOutcome::Written(_) => RenewOutcome::Renewed(request.ttl),
+                WriteOutcome::Conflict => RenewOutcome::NotHeld,
+            },
+        )
+    }
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        let Some((version, current, _)) = self.read(&request.key).await? else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        if current.holder != Some(request.holder) {
+            return Ok(ReleaseOutcome::NotHeld);
+        }
+        let next = StoredLease::free(current.fencing).with_revision(current.revision + 1);
+        Ok(
+            match self.store.update(&request.key, &version, &next).await? {
+                WriteOutcome::Written(_) => ReleaseOutcome::Released,
+                WriteOutcome::Conflict => ReleaseOutcome::NotHeld,
+            },
+        )
+    }
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        Ok(self
+            .read(key)
+            .await?
+            .map(|(_, lease, _)| match lease.holder {
+                Some(holder) => LeaseRecord::held(key.clone(), holder, lease.fencing),
+                None => LeaseRecord::free(key.clone(), lease.fencing),
+            }))
+    }
+}
+
+/// Two instances of [`CustomObserver`] on one store; the second (the contender) reads slowly
+/// at first.
+fn custom_observers(from_send: bool) -> Harness {
+    let store = InMemoryConditionalStore::new();
+    Harness::new(CustomObserver::new(
+        store.clone(),
+        from_send,
+        Duration::ZERO,
+    ))
+    .with_peer(CustomObserver::new(
+        store,
+        from_send,
+        Duration::from_millis(200),
+    ))
+    .with_ttl(Duration::from_millis(300))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observation_started_at_the_read_send_is_caught() {
+    expect_failure(
+        &custom_observers(true),
+        "observed_observation_starts_at_the_response",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observation_started_at_the_read_response_passes() {
+    run_case(
+        "observed_observation_starts_at_the_response",
+        &custom_observers(false),
     )
     .await
     .unwrap();

@@ -256,6 +256,7 @@ cases! {
     fencing_survives_idle_records: "the fencing counter outlives any idle time: a record is never collected, so tokens never restart",
     batch_renewal_answers_in_order: "renew_many answers each request in the order asked, whatever the key order",
     fractional_ttls_are_granted_as_reported: "at a fractional TTL, acquire, renew and renew_many each keep the key for at least the TTL they report, counted from the send",
+    observed_observation_starts_at_the_response: "an ObservedExpiry backend starts observing a version at the response of the read that returned it, never at its send (checked with a second instance reading across a renewal)",
     a_second_instance_never_overwrites_a_grant: "a second backend instance on the same store (a second process) is refused a key the first holds, however little it knows of it",
 }
 
