@@ -99,20 +99,27 @@ fn torture_env(
         .collect()
 }
 
-/// `cargo xtask torture --quick` against the rig's servers (docs/safety.md).
-fn torture_step(rig: &Rig) -> Step {
+/// `cargo xtask torture --quick [extra]` against the rig's servers (docs/safety.md).
+fn torture_step(rig: &Rig, extra: &[&str]) -> Step {
     let started = Instant::now();
-    eprintln!("\nxtask: ==> torture: cargo xtask torture --quick");
+    let name = ["torture --quick"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("\nxtask: ==> torture: cargo xtask {name}");
     let result = std::env::current_exe()
         .map_err(anyhow::Error::from)
         .and_then(|exe| {
             let mut cmd = std::process::Command::new(exe);
             cmd.args(["torture", "--quick"])
+                .args(extra)
                 .envs(torture_env(rig.env(), |k| env::user_value(k).is_some()));
             proc::run_streamed(&mut cmd)
         });
     Step {
-        name: "torture --quick".into(),
+        name,
         result: match result {
             Ok(out) if out.status.success() => StepResult::Ok,
             Ok(_) => StepResult::Failed("violations or errors: see its table".into()),
@@ -278,7 +285,12 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
         results.push(r);
     }
 
-    steps.push(torture_step(&rig));
+    steps.push(torture_step(&rig, &[]));
+    // The semaphore row (docs/semaphore.md): 3 permits, 16 contenders in 2 processes, on SQLite.
+    steps.push(torture_step(
+        &rig,
+        &["--backend", "sqlite", "--semaphore", "3"],
+    ));
 
     let down_started = Instant::now();
     let down = rig.down();

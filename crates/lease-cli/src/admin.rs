@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
-use lease_core::{ErrorKind, LeaseRecord, Locker, RecordState};
+use lease_core::{ErrorKind, LeaseRecord, Locker, PermitRecord, RecordState};
 use serde_json::{Value, json};
 
 use crate::exit::{self, CliError};
@@ -63,12 +63,78 @@ pub(crate) async fn status(
         .inspect(name)
         .await
         .map_err(|e| store::read_error(url, &e))?;
+    let permits = permits_of(locker, name).await;
     if json {
-        output::line(record_json(name, &url.redacted(), record.as_ref()))?;
-    } else {
+        let mut value = record_json(name, &url.redacted(), record.as_ref());
+        if !permits.is_empty() {
+            let shown = url.redacted();
+            value["permits"] = permits
+                .iter()
+                .map(|p| permit_json(p, &shown))
+                .collect::<Vec<_>>()
+                .into();
+        }
+        output::line(value)?;
+        return Ok(exit::OK);
+    }
+    if record.is_some() || permits.is_empty() {
         output::line(format!("{name}: {}", sentence(record.as_ref())))?;
     }
+    if !permits.is_empty() {
+        let held = permits.iter().filter(|p| p.record.is_held()).count();
+        let mut counts: Vec<u32> = permits
+            .iter()
+            .filter(|p| p.record.is_held())
+            .filter_map(|p| p.declared_permits)
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        let of = match counts.as_slice() {
+            [n] => format!(" of {n}"),
+            [] => String::new(),
+            many => format!(
+                " (holders disagree on the count: {})",
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        output::line(format!("{name}: semaphore, {held} permit(s) held{of}"))?;
+        for p in &permits {
+            output::line(format!(
+                "  permit {}: {}",
+                p.slot,
+                sentence(Some(&p.record))
+            ))?;
+        }
+    }
     Ok(exit::OK)
+}
+
+/// The permits of a semaphore called `name`, sorted by slot; empty when there are none or the
+/// store cannot list (status then shows the name's own record only).
+async fn permits_of(locker: &Locker, name: &str) -> Vec<PermitRecord> {
+    let prefix = format!("{name}/permit-");
+    let Ok(records) = locker.list(&prefix).await else {
+        return Vec::new();
+    };
+    let mut permits: Vec<PermitRecord> = records
+        .into_iter()
+        .filter_map(PermitRecord::from_record)
+        .filter(|p| p.name.as_str() == name)
+        .collect();
+    permits.sort_by_key(|p| p.slot);
+    permits
+}
+
+/// A permit as JSON: its slot record (as `status --json`) plus the semaphore, slot and count.
+fn permit_json(permit: &PermitRecord, store: &str) -> Value {
+    let mut value = record_json(permit.record.key.as_str(), store, Some(&permit.record));
+    value["semaphore"] = json!(permit.name.as_str());
+    value["slot"] = json!(permit.slot);
+    value["declared_permits"] = json!(permit.declared_permits.filter(|_| permit.record.is_held()));
+    value
 }
 
 /// The text form of a record, as `status` and `watch` print it.
@@ -98,12 +164,18 @@ pub(crate) async fn list(
         _ => store::read_error(url, &e),
     })?;
     let shown = url.redacted();
-    for record in &records {
-        let name = record.key.as_str();
-        if json {
-            output::line(record_json(name, &shown, Some(record)))?;
-        } else {
-            output::line(format!("{name}: {}", sentence(Some(record))))?;
+    for record in records {
+        let name = record.key.as_str().to_owned();
+        match (json, PermitRecord::from_record(record.clone())) {
+            (true, Some(permit)) => output::line(permit_json(&permit, &shown))?,
+            (true, None) => output::line(record_json(&name, &shown, Some(&record)))?,
+            (false, Some(permit)) => output::line(format!(
+                "{name} (permit {} of semaphore {}): {}",
+                permit.slot,
+                permit.name,
+                sentence(Some(&record))
+            ))?,
+            (false, None) => output::line(format!("{name}: {}", sentence(Some(&record))))?,
         }
     }
     Ok(exit::OK)

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use lease_core::{BackendError, Error, Lease, Locker};
+use lease_core::{BackendError, Error, Lease, Locker, Permit, Semaphore};
 use rustix::process::Signal;
 use tokio::process::Command;
 
@@ -84,6 +84,8 @@ pub(crate) struct Runner {
     pub(crate) name: String,
     pub(crate) child: ChildSpec,
     pub(crate) verbose: u8,
+    /// `exec -n N`: hold one of N permits of the name instead of the name itself.
+    pub(crate) permits: Option<u32>,
 }
 
 impl Runner {
@@ -103,6 +105,9 @@ impl Runner {
     pub(crate) async fn exec(&self, mode: WaitMode) -> Result<u8, CliError> {
         let mut signals = Signals::new()
             .map_err(|e| CliError::new(exit::SOFTWARE, format!("cannot catch signals: {e}")))?;
+        if let Some(permits) = self.permits {
+            return self.exec_permit(permits, mode, &mut signals).await;
+        }
         let lease = match mode {
             WaitMode::NoWait => match self.locker.try_acquire(&self.name).await {
                 Ok(Some(lease)) => lease,
@@ -147,11 +152,80 @@ impl Runner {
             self.name,
             lease.fencing_token()
         ));
-        let end = match self.supervise(&lease, &mut signals).await {
+        let end = match self.supervise(&lease, &[], &mut signals).await {
             Ok(end) => end,
             Err(e) => {
                 // The command could not be started: give the lease back now (a release on drop
                 // might not finish before this process exits).
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+        self.finish(lease, end).await
+    }
+
+    /// `lease exec -n N`: as `exec`, holding one of N permits of the name (a slot lease).
+    async fn exec_permit(
+        &self,
+        permits: u32,
+        mode: WaitMode,
+        signals: &mut Signals,
+    ) -> Result<u8, CliError> {
+        let semaphore = Semaphore::new(&self.locker, &self.name, permits).map_err(|e| {
+            CliError::usage(format!("lease name {:?} with -n {permits}: {e}", self.name))
+        })?;
+        let all_held = || format!("all {permits} permits of {} are held", self.name);
+        let permit: Permit = match mode {
+            WaitMode::NoWait => match semaphore.try_acquire().await {
+                Ok(Some(permit)) => permit,
+                Ok(None) => return Err(CliError::new(exit::HELD, all_held())),
+                Err(e) => return Err(CliError::from_lease(&e)),
+            },
+            WaitMode::OneAttempt => match semaphore.try_acquire().await {
+                Ok(Some(permit)) => permit,
+                Ok(None) => {
+                    return Err(CliError::new(
+                        exit::TIMEOUT,
+                        format!("gave up after 0s (one attempt): {}", all_held()),
+                    ));
+                }
+                Err(e) => return Err(CliError::from_lease(&e)),
+            },
+            WaitMode::Forever | WaitMode::Timeout(_) => {
+                let acquire = async {
+                    match mode {
+                        WaitMode::Timeout(t) => semaphore.acquire_timeout(t).await,
+                        _ => semaphore.acquire().await,
+                    }
+                };
+                self.note(&format!(
+                    "waiting for one of {permits} permits of {}",
+                    self.name
+                ));
+                match self.wait_showing("a permit of", acquire, signals).await {
+                    Ok(permit) => permit,
+                    Err(e) => {
+                        let bound = self.locker.options().ttl;
+                        let _ = tokio::time::timeout(bound, semaphore.drain()).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let slot = permit.slot();
+        self.note(&format!(
+            "acquired permit {slot} of {permits} of {} (fencing token {})",
+            self.name,
+            permit.fencing_token()
+        ));
+        let lease = permit.into_lease();
+        let env = [
+            ("LEASE_PERMIT", slot.to_string()),
+            ("LEASE_PERMITS", permits.to_string()),
+        ];
+        let end = match self.supervise(&lease, &env, signals).await {
+            Ok(end) => end,
+            Err(e) => {
                 let _ = lease.release().await;
                 return Err(e);
             }
@@ -187,7 +261,7 @@ impl Runner {
                 self.name,
                 leadership.fencing_token()
             ));
-            let end = match self.supervise(leadership.lease(), &mut signals).await {
+            let end = match self.supervise(leadership.lease(), &[], &mut signals).await {
                 Ok(end) => end,
                 Err(e) => {
                     let _ = leadership.resign().await;
@@ -241,7 +315,11 @@ impl Runner {
         signals: &mut Signals,
     ) -> Result<T, CliError> {
         let printed = Cell::new(false);
-        let display = waiting::Display::choose(self.verbose);
+        let display = match self.permits {
+            // The status line reads NAME's own record; a semaphore's permits are other records.
+            Some(_) => waiting::Display::Off,
+            None => waiting::Display::choose(self.verbose),
+        };
         let outcome = tokio::select! {
             r = acquire => Ok(r),
             sig = signals.recv() => Err(sig),
@@ -303,7 +381,12 @@ impl Runner {
     /// SIGKILL after `kill_after`. Signals to `lease` are forwarded to the group. However the
     /// command ends, whatever is left of its group is killed before this returns (and so before
     /// the release); if `lease` itself dies, the watchdog kills the group.
-    async fn supervise(&self, lease: &Lease, signals: &mut Signals) -> Result<ChildEnd, CliError> {
+    async fn supervise(
+        &self,
+        lease: &Lease,
+        extra_env: &[(&str, String)],
+        signals: &mut Signals,
+    ) -> Result<ChildEnd, CliError> {
         let (program, args) = self
             .child
             .command
@@ -329,6 +412,7 @@ impl Runner {
             .env("LEASE_NAME", &self.name)
             .env("LEASE_FENCING_TOKEN", lease.fencing_token().to_string())
             .env("LEASE_HOLDER", self.holder_label(lease))
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             // The watchdog's process group, so the whole command (a shell and its children) can
             // be signalled at once, dies with `lease`, and a terminal's Ctrl-C reaches it
             // through us only.

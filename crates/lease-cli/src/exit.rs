@@ -45,7 +45,8 @@ Exit status:
   73       --no-wait: the lease is held by someone else
   74       --timeout: gave up waiting for the lease
   75       the lease was lost while the command ran (it was sent SIGTERM, then SIGKILL)
-  78       the store refused: authentication, permissions, schema, unsupported operation
+  78       the store refused: authentication, permissions, schema, unsupported operation;
+           exec -n: a live holder of NAME uses another N
   126/127  the command could not be executed / was not found
   128+N    the command (or lease while waiting) was ended by signal N";
 
@@ -60,6 +61,7 @@ pub(crate) fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Transient => UNAVAILABLE,
         ErrorKind::Fatal | ErrorKind::Unsupported => CONFIG,
         ErrorKind::CorruptRecord => CORRUPT,
+        ErrorKind::PermitCountMismatch => CONFIG,
         // `ErrorKind` is non-exhaustive: a class added later is reported as an internal error
         // until it gets its own code.
         _ => SOFTWARE,
@@ -149,6 +151,7 @@ mod tests {
         assert_eq!(code_for(ErrorKind::Fatal), 78);
         assert_eq!(code_for(ErrorKind::Unsupported), 78);
         assert_eq!(code_for(ErrorKind::CorruptRecord), 65);
+        assert_eq!(code_for(ErrorKind::PermitCountMismatch), 78);
         assert_eq!(code_for(ErrorKind::Cancelled), 130);
     }
 

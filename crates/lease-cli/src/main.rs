@@ -198,6 +198,12 @@ struct ExecArgs {
     /// Wait at most this long, then exit with 74.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     timeout: Option<Duration>,
+    /// Let up to N commands hold NAME at once (a counting semaphore, like `consul lock -n`).
+    /// Every process must use the same N: a different one exits with 78. The command also gets
+    /// LEASE_PERMIT (its slot, 0..N) and LEASE_PERMITS; its fencing token is per slot.
+    #[arg(short = 'n', long = "permits", value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(lease_core::Semaphore::MAX_PERMITS)))]
+    permits: Option<u32>,
     #[command(flatten)]
     child: ChildArgs,
 }
@@ -383,16 +389,16 @@ async fn run(cli: Cli, url: &StoreUrl, store_env: exec::ChildStoreEnv) -> Result
                 (false, Some(t)) => exec::WaitMode::Timeout(t),
                 (false, None) => exec::WaitMode::Forever,
             };
-            runner(
+            let mut runner = runner(
                 backend,
                 &args.name,
                 &args.lease,
                 args.child,
                 store_env,
                 cli.verbose,
-            )?
-            .exec(mode)
-            .await
+            )?;
+            runner.permits = args.permits;
+            runner.exec(mode).await
         }
         Command::Elect(args) => {
             runner(
@@ -463,6 +469,7 @@ fn runner(
             store_env,
         },
         verbose,
+        permits: None,
     })
 }
 

@@ -50,6 +50,19 @@ pub enum Error {
         /// The key.
         key: LeaseKey,
     },
+    /// A [`Semaphore`](crate::Semaphore) is in use elsewhere with a different number of permits;
+    /// this process refused to hold a permit beside those holders (see `docs/semaphore.md`).
+    #[error(
+        "semaphore {name} has {theirs} permits in a live holder's record but {ours} here; refusing to mix permit counts"
+    )]
+    PermitCountMismatch {
+        /// The semaphore's name.
+        name: LeaseKey,
+        /// The permit count this process uses.
+        ours: u32,
+        /// The permit count a live holder declared.
+        theirs: u32,
+    },
     /// The caller passed something invalid (a key, a TTL, an option, a table name…).
     #[error(transparent)]
     InvalidInput(#[from] InvalidInput),
@@ -94,6 +107,8 @@ pub enum ErrorKind {
     CorruptRecord,
     /// The backend does not support the operation.
     Unsupported,
+    /// A semaphore is used with different permit counts at once.
+    PermitCountMismatch,
 }
 
 impl Error {
@@ -105,6 +120,7 @@ impl Error {
             Error::Lost { .. } => ErrorKind::Lost,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::PermitCountMismatch { .. } => ErrorKind::PermitCountMismatch,
             Error::Backend(e) => match e.kind() {
                 BackendErrorKind::Transient => ErrorKind::Transient,
                 BackendErrorKind::Fatal => ErrorKind::Fatal,

@@ -2,7 +2,7 @@
 //!
 //! `lease-core` holds everything that does not depend on the store: the [`Locker`] that acquires,
 //! waits, renews and releases; the [`Lease`] guard with its deadline and lost signal; leader
-//! [`Election`]; fencing ([`FencingToken`], [`Fence`]); the small [`Backend`] trait a store
+//! [`Election`]; counting [`Semaphore`]s; fencing ([`FencingToken`], [`Fence`]); the small [`Backend`] trait a store
 //! implements; the in-process [`MemoryBackend`]; and, behind the `conformance` feature, the test kit
 //! every backend runs against itself.
 //!
@@ -49,6 +49,7 @@ mod memory;
 pub mod observed;
 mod options;
 mod renewer;
+mod semaphore;
 mod token;
 
 #[cfg(feature = "conformance")]
@@ -66,6 +67,7 @@ pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, LockerBuilder};
 pub use memory::MemoryBackend;
 pub use options::{LockerOptions, MIN_HOLDER_WINDOW, MIN_SAFETY_ALLOWANCE, RetryPolicy};
+pub use semaphore::{Permit, PermitHandle, PermitRecord, Semaphore, SemaphoreOptions};
 pub use token::{FencingToken, HolderMetadata, HolderToken};
 
 /// Re-exported so backends and users name the same types.

@@ -545,6 +545,16 @@ impl Locker {
         Election::new(self.clone(), LeaseKey::new(key.as_ref())?)
     }
 
+    /// For [`Semaphore`](crate::Semaphore) (the one crate-internal hook it uses): a locker on the
+    /// same backend with the same options whose grants carry `metadata` (the permit count).
+    pub(crate) fn with_metadata(&self, metadata: HolderMetadata) -> Locker {
+        Self::assemble(
+            Arc::clone(&self.inner.backend),
+            self.inner.options.clone(),
+            metadata,
+        )
+    }
+
     fn pending<'a>(&'a self, key: &'a LeaseKey) -> PendingGrant<'a> {
         PendingGrant {
             inner: &self.inner,

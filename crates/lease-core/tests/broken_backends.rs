@@ -53,6 +53,8 @@ enum Defect {
     BatchGrantsLess,
     /// Records leave out the TTL and round the time left up to whole seconds.
     RecordsRoundTimeLeftUp,
+    /// Listed records come without their holder metadata (a semaphore cannot see counts).
+    ListDropsMetadata,
     /// No defect: the control, proving the wrapper itself is not what the kit rejects.
     None,
 }
@@ -260,6 +262,16 @@ impl Backend for Broken {
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
         self.inner.break_lease(key).await
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, BackendError> {
+        let mut records = self.inner.list(prefix).await?;
+        if self.defect == Defect::ListDropsMetadata {
+            for record in &mut records {
+                record.metadata = None;
+            }
+        }
+        Ok(records)
+    }
 }
 
 impl Broken {
@@ -314,6 +326,7 @@ async fn resetting_fencing_is_caught() {
     let h = Broken::harness(Defect::FencingResets);
     expect_failure(&h, "fencing_never_resets").await;
     expect_failure(&h, "release_lets_next_in_with_higher_token").await;
+    expect_failure(&h, "semaphore_admits_exactly_n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,6 +341,12 @@ async fn early_takeover_is_caught() {
     let h = Broken::harness(Defect::TakeoverTooEarly);
     expect_failure(&h, "stopped_holder_is_taken_over_after_ttl").await;
     expect_failure(&h, "lost_signal_fires_before_next_grant").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_without_metadata_is_caught() {
+    let h = Broken::harness(Defect::ListDropsMetadata);
+    expect_failure(&h, "semaphore_refuses_mixed_permit_counts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +451,10 @@ async fn the_wrapper_without_a_defect_passes_every_case() {
         "batch_renewal_answers_in_order",
         "fractional_ttls_are_granted_as_reported",
         "inspect_reports_holder",
+        "semaphore_admits_exactly_n",
+        "semaphore_contenders_never_exceed_n",
+        "semaphore_lost_permit_signalled_before_regrant",
+        "semaphore_refuses_mixed_permit_counts",
     ] {
         run_case(case, &h).await.unwrap();
     }

@@ -119,11 +119,15 @@ async fn unknown_s3_option_is_refused_and_secrets_stay_out_of_debug() {
     assert!(!shown.contains("TOPSECRETVALUE"), "{shown}");
 }
 
-/// `InMemory` that records the prefix of every listing it is asked for.
+/// `InMemory` that records the prefix of every listing it is asked for, and (with `slow_reads`)
+/// how many reads were in flight at once.
 #[derive(Debug, Default)]
 struct ListingRecorder {
     inner: InMemory,
     asked: std::sync::Mutex<Vec<Option<Path>>>,
+    slow_reads: std::sync::atomic::AtomicBool,
+    reading: std::sync::atomic::AtomicUsize,
+    most_reading: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Display for ListingRecorder {
@@ -156,6 +160,14 @@ impl ObjectStore for ListingRecorder {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.slow_reads.load(SeqCst) {
+            return self.inner.get_opts(location, options).await;
+        }
+        let now = self.reading.fetch_add(1, SeqCst) + 1;
+        self.most_reading.fetch_max(now, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.reading.fetch_sub(1, SeqCst);
         self.inner.get_opts(location, options).await
     }
 
@@ -228,6 +240,37 @@ async fn listing_asks_the_store_only_for_the_prefix_directory() {
             "{prefix:?}"
         );
     }
+    for lease in held {
+        lease.release().await.unwrap();
+    }
+}
+
+/// A semaphore lists its slots on every acquire: the objects of a listing are read at once, not
+/// one round trip after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_reads_the_objects_concurrently() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(ListingRecorder::default());
+    let backend = ObjectStoreBackend::new(Arc::clone(&store) as Arc<dyn ObjectStore>, "leases");
+    let locker = Locker::builder(backend).ttl(TTL).build().unwrap();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        held.push(locker.acquire(format!("pool/permit-{i}")).await.unwrap());
+    }
+    store.slow_reads.store(true, SeqCst);
+    let records = locker.list("pool/").await.unwrap();
+    store.slow_reads.store(false, SeqCst);
+    assert_eq!(records.len(), 8);
+    assert!(records.iter().all(|r| r.is_held()));
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted, "still sorted by key");
+    assert_eq!(
+        store.most_reading.load(SeqCst),
+        8,
+        "all 8 reads in flight at once"
+    );
     for lease in held {
         lease.release().await.unwrap();
     }

@@ -322,6 +322,47 @@ async fn release_notifies_a_waiter_on_another_connection() {
         .unwrap();
 }
 
+/// A semaphore's waiter wakes on the NOTIFY of a slot's release, not on its next poll.
+#[tokio::test]
+async fn a_semaphore_waiter_wakes_on_notify_when_a_permit_is_released() {
+    let Some(url) = url() else { return };
+    let holder_side = backend_on(&url, unique_table()).await;
+    let waiter_side = backend_on(&url, holder_side.table().clone()).await;
+    let name = format!("sem-notify-{}", support::random_suffix());
+    let holders = lease_sql::Semaphore::new(&Locker::new(holder_side), &name, 2).unwrap();
+    let a = holders.acquire().await.unwrap();
+    let b = holders.acquire().await.unwrap();
+    // Polling alone would not retry for a minute.
+    let slow_polls = Locker::builder(waiter_side)
+        .retry(
+            lease_sql::RetryPolicy::default()
+                .with_initial_delay(Duration::from_secs(60))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter(false),
+        )
+        .build()
+        .unwrap();
+    let waiter = lease_sql::Semaphore::new(&slow_polls, &name, 2).unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire().await });
+    // Time for the waiter's first round and its LISTEN.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a permit was granted while both were held"
+    );
+    let freed = b.slot();
+    let released = Instant::now();
+    b.release().await.unwrap();
+    let permit = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("NOTIFY woke the semaphore's waiter long before its 60 s poll")
+        .unwrap()
+        .unwrap();
+    eprintln!("permit granted {:?} after the release", released.elapsed());
+    assert_eq!(permit.slot(), freed);
+    assert!(a.is_held());
+}
+
 #[tokio::test]
 async fn duplicate_renewals_report_the_stored_ttl() {
     let Some(backend) = backend().await else {

@@ -119,6 +119,8 @@ pub(crate) struct WriteRow {
 /// Everything the checker needs besides the journals.
 #[derive(Debug, Default)]
 pub(crate) struct RunFacts {
+    /// `--semaphore N`: at most N holders at once across all keys.
+    pub(crate) permits: Option<u32>,
     /// Writes in the order the resource applied them.
     pub(crate) writes: Vec<WriteRow>,
     /// Per worker pid: when it was killed.
@@ -186,6 +188,8 @@ pub(crate) struct Counts {
     pub(crate) stale_writes_admitted: u64,
     pub(crate) fencing_regressions: u64,
     pub(crate) losses_signalled_after_next_grant: u64,
+    /// `--semaphore N`: grants that began while N others on the semaphore's slots believed.
+    pub(crate) holders_beyond_permits: u64,
 }
 
 impl Counts {
@@ -194,6 +198,7 @@ impl Counts {
             + self.stale_writes_admitted
             + self.fencing_regressions
             + self.losses_signalled_after_next_grant
+            + self.holders_beyond_permits
     }
 
     pub(crate) fn add(&mut self, other: &Counts) {
@@ -213,6 +218,7 @@ impl Counts {
         self.stale_writes_admitted += other.stale_writes_admitted;
         self.fencing_regressions += other.fencing_regressions;
         self.losses_signalled_after_next_grant += other.losses_signalled_after_next_grant;
+        self.holders_beyond_permits += other.holders_beyond_permits;
     }
 
     /// (label, value, is a violation) rows for printing.
@@ -264,6 +270,11 @@ impl Counts {
             (
                 "losses signalled after the next grant",
                 self.losses_signalled_after_next_grant,
+                true,
+            ),
+            (
+                "semaphore: moments with more than N holders",
+                self.holders_beyond_permits,
                 true,
             ),
         ]
@@ -355,6 +366,9 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
             }
         }
         by_key.entry(key).or_default().push(g);
+    }
+    if let Some(permits) = facts.permits {
+        counts.holders_beyond_permits = beyond_permits(&by_key, facts, permits);
     }
     for intervals in by_key.values_mut() {
         intervals.sort_by_key(|g| (g.start, g.token));
@@ -466,6 +480,47 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
     counts
 }
 
+/// Grants (across every key) that began while `permits` or more others believed they held, leaving
+/// out those the store's own data loss explains.
+fn beyond_permits(by_key: &BTreeMap<String, Vec<Interval>>, facts: &RunFacts, permits: u32) -> u64 {
+    // (instant, 0 = an end, 1 = a start): at equal instants an end comes first.
+    let mut events: Vec<(u64, u8, &Interval)> = Vec::new();
+    for g in by_key.values().flatten().filter(|g| g.end > g.start) {
+        events.push((g.start, 1, g));
+        events.push((g.end, 0, g));
+    }
+    events.sort_by_key(|e| (e.0, e.1));
+    let mut believing: Vec<&Interval> = Vec::new();
+    let mut beyond = 0;
+    for (_, kind, g) in events {
+        if kind == 0 {
+            if let Some(i) = believing.iter().position(|b| std::ptr::eq(*b, g)) {
+                believing.swap_remove(i);
+            }
+            continue;
+        }
+        let store_lost_data = |b: &&Interval| {
+            facts.leases_lost_between(b.start, g)
+                || facts
+                    .data_losses
+                    .iter()
+                    .any(|&(down, up)| b.start < up.saturating_add(facts.ttl_ns) && g.start >= down)
+        };
+        if believing.len() >= permits as usize && !believing.iter().any(store_lost_data) {
+            beyond += 1;
+            eprintln!(
+                "torture: MORE THAN {permits} HOLDERS: token {} (pid {}) granted at {} while {} held",
+                g.token,
+                g.pid,
+                g.start,
+                believing.len()
+            );
+        }
+        believing.push(g);
+    }
+    beyond
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +552,35 @@ mod tests {
         let missing = std::env::temp_dir().join(format!("no-journal-{}.jsonl", std::process::id()));
         read_journal(&missing, &mut entries).unwrap();
         assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn more_holders_than_permits_across_slots_are_counted() {
+        // Slots 0..3 held at once, then a fourth slot while three still believe.
+        let entries = vec![
+            grant("s/permit-0", 1, 1, 0),
+            grant("s/permit-1", 1, 2, 10),
+            grant("s/permit-2", 1, 3, 20),
+            end("s/permit-0", 1, 1, 30),
+            // Slot 0's holder ended at 30: a new holder then is the third, not the fourth.
+            grant("s/permit-0", 2, 4, 30),
+            grant("s/permit-3", 1, 5, 40),
+            end("s/permit-1", 1, 2, 60),
+            end("s/permit-2", 1, 3, 60),
+            end("s/permit-0", 2, 4, 60),
+            end("s/permit-3", 1, 5, 60),
+        ];
+        let mut facts = RunFacts {
+            permits: Some(3),
+            ..RunFacts::default()
+        };
+        let c = check(&entries, &facts);
+        assert_eq!((c.holders_beyond_permits, c.overlapping_holders), (1, 0));
+        assert_eq!(c.violations(), 1);
+        facts.permits = Some(4);
+        assert_eq!(check(&entries, &facts).holders_beyond_permits, 0);
+        facts.permits = None;
+        assert_eq!(check(&entries, &facts).violations(), 0);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub(crate) struct TortureArgs {
     /// Keys contended for.
     #[arg(long, default_value_t = 8)]
     pub(crate) keys: u32,
+    /// Contend for the permits of one semaphore of N permits instead of mutexes on --keys keys
+    /// (the checker then also counts moments with more than N holders across the slots).
+    #[arg(long, value_name = "N")]
+    pub(crate) semaphore: Option<u32>,
     /// Worker processes per backend (the memory backend runs in one process).
     #[arg(long, default_value_t = 2)]
     pub(crate) processes: u32,
@@ -436,7 +440,12 @@ async fn run_backend(
     };
     let fence_url = postgres_url();
     let resource = worker::FencedResource::connect(&fence_url, &fence_table, 4).await?;
-    resource.create(&fence_table, args.keys).await?;
+    resource
+        .create(
+            &fence_table,
+            &worker::contended_keys(args.keys, args.semaphore),
+        )
+        .await?;
     let outcome = async {
         prepare_store(&target).await?;
         let result = if backend == "memory" {
@@ -459,6 +468,7 @@ async fn run_backend(
         let (entries, mut facts) = result?;
         facts.writes = resource.writes(&fence_table).await?;
         facts.ttl_ns = target.plan.ttl.as_nanos() as u64;
+        facts.permits = args.semaphore;
         Ok::<_, anyhow::Error>(journal::check(&entries, &facts))
     }
     .await;
@@ -480,8 +490,10 @@ async fn run_in_process(
     let faulty = FaultyBackend::new(Arc::new(MemoryBackend::new()));
     let journal_path = dir.join("memory.jsonl");
     let contenders = args.contenders * args.processes.max(2);
+    let locker = worker::locker_for(Arc::new(faulty.clone()), ttl)?;
     let contest = Arc::new(worker::Contest {
-        locker: worker::locker_for(Arc::new(faulty.clone()), ttl)?,
+        semaphore: worker::semaphore_for(&locker, args.semaphore)?,
+        locker,
         resource: worker::FencedResource::connect(fence_url, fence_table, 16).await?,
         journal: Mutex::new(JournalWriter::create(&journal_path)?),
         keys: args.keys,
@@ -560,6 +572,11 @@ impl Spawner<'_> {
             .args(["--fence-url", fence_url])
             .args(["--fence-table", fence_table])
             .args(["--keys", &args.keys.to_string()])
+            .args(
+                args.semaphore
+                    .map(|n| vec!["--semaphore".to_owned(), n.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(["--contenders", &args.contenders.to_string()])
             .args(["--acquisitions", &quota.to_string()])
             .args(["--ttl-ms", &target.plan.ttl.as_millis().to_string()])

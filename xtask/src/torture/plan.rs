@@ -118,6 +118,7 @@ mod tests {
             quick,
             seed: 1,
             keys: 8,
+            semaphore: None,
             processes: 2,
             contenders: 16,
             ttl_ms,

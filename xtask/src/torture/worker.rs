@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lease_core::conformance::{FaultyBackend, Op};
-use lease_core::{Backend, Error, Lease, Locker, MemoryBackend, RetryPolicy};
+use lease_core::{Backend, Error, Lease, Locker, MemoryBackend, RetryPolicy, Semaphore};
 use lease_sql::sqlx::postgres::PgPoolOptions;
 use lease_sql::sqlx::{self, PgPool};
 use lease_sql::{MySqlBackend, PostgresBackend, SqlOptions, SqliteBackend, TableName};
@@ -36,6 +36,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) fence_table: String,
     #[arg(long)]
     pub(crate) keys: u32,
+    /// Take permits of one semaphore of N permits instead of mutexes on `keys` keys.
+    #[arg(long)]
+    pub(crate) semaphore: Option<u32>,
     #[arg(long)]
     pub(crate) contenders: u32,
     /// Stop after this many acquisitions (by all contenders of this worker).
@@ -96,7 +99,7 @@ impl FencedResource {
         })
     }
 
-    pub(crate) async fn create(&self, table: &str, keys: u32) -> Result<()> {
+    pub(crate) async fn create(&self, table: &str, keys: &[String]) -> Result<()> {
         for stmt in [
             format!(
                 "CREATE TABLE {table} (key TEXT PRIMARY KEY, fence BIGINT NOT NULL, writes BIGINT NOT NULL)"
@@ -111,11 +114,11 @@ impl FencedResource {
                 .execute(&self.pool)
                 .await?;
         }
-        for k in 0..keys {
+        for key in keys {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {table} (key, fence, writes) VALUES ($1, 0, 0)"
             )))
-            .bind(key_name(k))
+            .bind(key)
             .execute(&self.pool)
             .await?;
         }
@@ -168,6 +171,26 @@ impl FencedResource {
 
 pub(crate) fn key_name(k: u32) -> String {
     format!("torture/key-{k}")
+}
+
+/// The semaphore of a `--semaphore` run.
+pub(crate) const SEMAPHORE_NAME: &str = "torture/semaphore";
+
+/// The keys the contenders take: `keys` mutex keys, or the slots of an N-permit semaphore.
+pub(crate) fn contended_keys(keys: u32, semaphore: Option<u32>) -> Vec<String> {
+    match semaphore {
+        Some(n) => (0..n)
+            .map(|slot| format!("{SEMAPHORE_NAME}/permit-{slot}"))
+            .collect(),
+        None => (0..keys).map(key_name).collect(),
+    }
+}
+
+/// The semaphore of a `--semaphore N` run, on `locker`.
+pub(crate) fn semaphore_for(locker: &Locker, permits: Option<u32>) -> Result<Option<Semaphore>> {
+    permits
+        .map(|n| Semaphore::new(locker, SEMAPHORE_NAME, n).map_err(Into::into))
+        .transpose()
 }
 
 /// Connects the lease store named by `backend`.
@@ -257,6 +280,8 @@ impl Rng {
 /// Shared by the contenders of one worker.
 pub(crate) struct Contest {
     pub(crate) locker: Locker,
+    /// `--semaphore`: contenders take its permits (slot leases) instead of mutex keys.
+    pub(crate) semaphore: Option<Semaphore>,
     pub(crate) resource: FencedResource,
     pub(crate) journal: Mutex<JournalWriter>,
     pub(crate) keys: u32,
@@ -286,11 +311,24 @@ pub(crate) async fn contend(contest: Arc<Contest>, seed: u64) {
     while contest.taken.load(Ordering::Relaxed) < contest.quota
         && tokio::time::Instant::now() < contest.stop_at
     {
-        let key = key_name(rng.below(u64::from(contest.keys)) as u32);
         // Long enough to outwait a killed holder's TTL (Azure's is 15 s).
         let wait = Duration::from_secs(10).max(contest.ttl * 2);
-        let lease = match contest.locker.acquire_timeout(&key, wait).await {
-            Ok(lease) => lease,
+        let acquired = match &contest.semaphore {
+            Some(semaphore) => semaphore
+                .acquire_timeout(wait)
+                .await
+                .map(|permit| (permit.key().to_string(), permit.into_lease())),
+            None => {
+                let key = key_name(rng.below(u64::from(contest.keys)) as u32);
+                contest
+                    .locker
+                    .acquire_timeout(&key, wait)
+                    .await
+                    .map(|lease| (key, lease))
+            }
+        };
+        let (key, lease) = match acquired {
+            Ok(acquired) => acquired,
             Err(_) => {
                 contest.acquire_errors.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -424,8 +462,10 @@ pub(crate) fn main(args: WorkerArgs) -> Result<bool> {
         let store = connect_store(&args.backend, &args.store_url, &args.table).await?;
         let faulty = FaultyBackend::new(store);
         spawn_signal_faults(faulty.clone(), ttl);
+        let locker = locker_for(Arc::new(faulty), ttl)?;
         let contest = Arc::new(Contest {
-            locker: locker_for(Arc::new(faulty), ttl)?,
+            semaphore: semaphore_for(&locker, args.semaphore)?,
+            locker,
             resource: FencedResource::connect(
                 &args.fence_url,
                 &args.fence_table,
@@ -459,6 +499,9 @@ pub(crate) async fn run_contenders(contest: &Arc<Contest>, contenders: u32, seed
         let _ = t.await;
     }
     contest.locker.drain().await;
+    if let Some(semaphore) = &contest.semaphore {
+        semaphore.drain().await;
+    }
     contest.journal.lock().await.write(&Entry::Totals {
         pid: std::process::id(),
         acquire_errors: contest.acquire_errors.load(Ordering::Relaxed),

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, sleep};
 
 pub(super) use super::observed::*;
+pub(super) use super::semaphore::*;
 use super::{CaseResult, Harness, Op};
 use crate::backend::{
     AcquireOutcome, AcquireRequest, LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest,
@@ -141,7 +142,7 @@ async fn poll_grant_near(
     }
 }
 
-fn takeover_limit(h: &Harness) -> Duration {
+pub(super) fn takeover_limit(h: &Harness) -> Duration {
     // TTL, plus the store's granularity, plus scheduling slack on a loaded machine.
     let caps = h.backend().capabilities();
     let ttl = match caps.clock {

@@ -27,6 +27,7 @@
 mod cases;
 mod faulty;
 mod observed;
+mod semaphore;
 
 use std::fmt;
 use std::future::Future;
@@ -252,6 +253,10 @@ cases! {
     panicking_backend_call_ends_the_lease: "a backend call that panics during renewal ends the lease as lost (signalled), and renewal goes on for other leases",
     observed_takeover_waits_for_the_rule: "an ObservedExpiry backend never takes over before its declared rule's wait has passed since the holder's grant was answered",
     observed_renewal_restarts_the_observation: "an ObservedExpiry backend restarts the observation when the holder renews: no takeover before the rule's wait after the renewal",
+    semaphore_admits_exactly_n: "a semaphore of N permits grants N permits on distinct slots to N lockers and refuses the next; a release lets one more in",
+    semaphore_contenders_never_exceed_n: "contenders from several lockers never hold more than N permits by local deadline; each slot's tokens rise in grant order",
+    semaphore_lost_permit_signalled_before_regrant: "a cut-off permit holder's lost signal fires before its slot is granted to anyone else, with a higher token",
+    semaphore_refuses_mixed_permit_counts: "where the backend can list, a semaphore refuses to hold a permit beside live holders using another permit count, with a typed error naming both",
     invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
     fencing_survives_idle_records: "the fencing counter outlives any idle time: a record is never collected, so tokens never restart",
     batch_renewal_answers_in_order: "renew_many answers each request in the order asked, whatever the key order",
