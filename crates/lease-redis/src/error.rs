@@ -1,7 +1,7 @@
 //! Redis failures, classified once: what each one means to the lease protocol.
 
 use lease_core::{BackendError, BackendErrorKind};
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, RedisError};
 
 /// The backend's name in errors and logs.
 pub(crate) const NAME: &str = "redis";
@@ -48,14 +48,6 @@ pub(crate) fn class_of_code(code: &str) -> BackendErrorKind {
 pub(crate) fn classify(op: &str, error: RedisError) -> BackendError {
     let kind = match error.kind() {
         ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => BackendErrorKind::Fatal,
-        ErrorKind::Server(ServerErrorKind::NoPerm) => BackendErrorKind::Fatal,
-        ErrorKind::Server(ServerErrorKind::BusyLoading)
-        | ErrorKind::Server(ServerErrorKind::TryAgain)
-        | ErrorKind::Server(ServerErrorKind::ClusterDown)
-        | ErrorKind::Server(ServerErrorKind::MasterDown)
-        | ErrorKind::Server(ServerErrorKind::ReadOnly)
-        | ErrorKind::Server(ServerErrorKind::Ask) => BackendErrorKind::Transient,
-        ErrorKind::Server(ServerErrorKind::Moved) => BackendErrorKind::Fatal,
         // The request may or may not have been applied: the protocol reads back.
         _ if error.is_io_error()
             || error.is_timeout()
@@ -66,6 +58,7 @@ pub(crate) fn classify(op: &str, error: RedisError) -> BackendError {
         }
         ErrorKind::Io => BackendErrorKind::Transient,
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::CorruptRecord,
+        // Error replies of the server (known to the client or not): by their code.
         _ => error.code().map_or(BackendErrorKind::Fatal, class_of_code),
     };
     let hint = match error.code() {
