@@ -133,6 +133,16 @@ pub(crate) const BACKENDS: &[Backend] = &[
         needs: &[Server::Azurite],
         optional: &[],
     },
+    Backend {
+        name: "redis",
+        package: "lease-redis",
+        no_default_features: false,
+        features: &[],
+        test: Some("redis"),
+        bench: Some("redis"),
+        needs: &[Server::Redis],
+        optional: &[],
+    },
 ];
 
 /// `-E` filterset for the plain workspace test step: everything except the integration tests of

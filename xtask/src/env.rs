@@ -25,6 +25,8 @@ pub(crate) const S3_SECRET_ACCESS_KEY: &str = "LEASE_TEST_S3_SECRET_ACCESS_KEY";
 pub(crate) const S3_REGION: &str = "LEASE_TEST_S3_REGION";
 /// fake-gcs-server endpoint, e.g. `http://127.0.0.1:4443`.
 pub(crate) const GCS_ENDPOINT: &str = "LEASE_TEST_GCS_ENDPOINT";
+/// URL of a Redis server the tests may write keys in (never flushed), e.g. `redis://127.0.0.1:6380/0`.
+pub(crate) const REDIS_URL: &str = "LEASE_TEST_REDIS_URL";
 /// `1`: a backend test whose variable is missing fails instead of skipping. Set by xtask when `CI` is true.
 pub(crate) const REQUIRE: &str = "LEASE_TEST_REQUIRE";
 
@@ -86,6 +88,10 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: GCS_ENDPOINT,
         server: Some(Server::Gcs),
+    },
+    EnvVar {
+        name: REDIS_URL,
+        server: Some(Server::Redis),
     },
     EnvVar {
         name: REQUIRE,

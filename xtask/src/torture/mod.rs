@@ -48,6 +48,7 @@ pub(crate) const BACKENDS: &[&str] = &[
     "mysql",
     "objstore-s3",
     "azure",
+    "redis",
 ];
 
 /// `cargo xtask torture` options.
@@ -153,6 +154,7 @@ fn server_kind(backend: &str) -> Option<servers::Kind> {
     match backend {
         "objstore-s3" => Some(servers::Kind::Moto),
         "azure" => Some(servers::Kind::Azurite),
+        "redis" => Some(servers::Kind::Redis),
         _ => None,
     }
 }
