@@ -506,6 +506,56 @@ async fn a_restart_without_persistence_never_gives_a_lower_token() {
     lease.release().await.unwrap();
 }
 
+/// With an append-only file fsynced on every write, a crash (SIGKILL) keeps the grant in force
+/// with its token, and the counter: nobody else is granted the key after the restart.
+#[tokio::test]
+async fn a_crash_with_appendfsync_always_keeps_the_lease_and_its_token() {
+    let Some(mut server) =
+        OwnServer::start(&["--appendonly", "yes", "--appendfsync", "always"]).await
+    else {
+        return;
+    };
+    let backend = backend_on(&server.url(), options()).await;
+    let key = LeaseKey::new("durable").unwrap();
+    let r = request(&key, Duration::from_secs(60));
+    let grant = granted(backend.acquire(&r).await.unwrap());
+    server.restart().await;
+    let record = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match backend.inspect(&key).await {
+                Ok(record) => return record,
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the restarted server answers");
+    let record = record.expect("the lease survived the crash");
+    assert!(record.is_held_by(&r.holder), "{record:?}");
+    assert_eq!(record.fencing, grant.fencing);
+    let other = backend
+        .acquire(&request(&key, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(matches!(other, AcquireOutcome::Held(_)), "{other:?}");
+    backend
+        .release(&ReleaseRequest::new(key.clone(), r.holder))
+        .await
+        .unwrap();
+    let next = granted(
+        backend
+            .acquire(&request(&key, Duration::from_secs(5)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        next.fencing.get(),
+        grant.fencing.get() + 1,
+        "the counter survived as it was"
+    );
+}
+
 #[tokio::test]
 async fn a_flushed_script_cache_is_reloaded_once() {
     let Some(server) = OwnServer::start(&[]).await else {
