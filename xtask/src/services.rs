@@ -855,8 +855,7 @@ pub(crate) fn spawn_and_wait_for(
 
 /// The `redis-server` program: `LEASE_TEST_REDIS_SERVER` or the one on the `PATH`.
 pub(crate) fn redis_program() -> Result<PathBuf> {
-    let program =
-        env::user_value("LEASE_TEST_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
+    let program = env::user_value(env::REDIS_SERVER).unwrap_or_else(|| "redis-server".into());
     if !proc::on_path(&program) {
         bail!("{program} not found (Debian/Ubuntu: apt-get install redis-server)");
     }
