@@ -362,7 +362,30 @@ impl Backend for RedisBackend {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        for chunk in valid.chunks(self.inner.options.max_batch) {
+        if self.inner.options.batch_by_slot {
+            // Stable: requests keep their order within a slot.
+            valid.sort_by_key(|(i, _)| crate::slot::of_lease_key(requests[*i].key.as_str()));
+        }
+        let max = self.inner.options.max_batch;
+        let by_slot = self.inner.options.batch_by_slot;
+        let mut chunks: Vec<&[(usize, u64)]> = Vec::new();
+        let mut rest = valid.as_slice();
+        while !rest.is_empty() {
+            let mut len = rest.len().min(max);
+            if by_slot {
+                let slot = crate::slot::of_lease_key(requests[rest[0].0].key.as_str());
+                len = rest[..len]
+                    .iter()
+                    .take_while(|(i, _)| {
+                        crate::slot::of_lease_key(requests[*i].key.as_str()) == slot
+                    })
+                    .count();
+            }
+            let (chunk, tail) = rest.split_at(len);
+            chunks.push(chunk);
+            rest = tail;
+        }
+        for chunk in chunks {
             let keys: Vec<String> = chunk
                 .iter()
                 .map(|(i, _)| self.lease_key(&requests[*i].key))

@@ -49,11 +49,13 @@ mod options;
 mod record;
 mod redact;
 mod scripts;
+mod slot;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use backend::{MAX_TTL, MIN_TTL, RedisBackend};
 pub use options::{KeyPrefix, RedisOptions};
+pub use slot::hash_slot;
 
 pub use lease_core::*;
 

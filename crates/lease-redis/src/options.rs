@@ -116,6 +116,10 @@ pub struct RedisOptions {
     /// The most keys one `renew_many` script call renews (default 1,000): a script blocks the
     /// server while it runs, so larger batches are split into several calls.
     pub max_batch: usize,
+    /// Put only keys of one Redis Cluster hash slot in each `renew_many` script call (default
+    /// off: one call for the whole batch). For servers that refuse multi-slot scripts
+    /// (`CROSSSLOT`): a Cluster node behind a cluster-aware proxy.
+    pub batch_by_slot: bool,
 }
 
 impl Default for RedisOptions {
@@ -125,6 +129,7 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(2),
             max_batch: 1000,
+            batch_by_slot: false,
         }
     }
 }
@@ -148,6 +153,13 @@ impl RedisOptions {
     #[must_use]
     pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// Sets whether batch renewals are split by Redis Cluster hash slot.
+    #[must_use]
+    pub fn with_batch_by_slot(mut self, yes: bool) -> Self {
+        self.batch_by_slot = yes;
         self
     }
 

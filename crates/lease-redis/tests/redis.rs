@@ -385,6 +385,28 @@ async fn renewals_of_many_leases_are_one_round_trip() {
     .await
     .unwrap();
     small.renew_many(&requests[..1]).await;
+    // One call per hash slot when asked (for servers that refuse multi-slot scripts).
+    let by_slot = RedisBackend::connect_with(
+        &url().unwrap(),
+        RedisOptions::default()
+            .with_prefix(backend.prefix().clone())
+            .with_batch_by_slot(true),
+    )
+    .await
+    .unwrap();
+    by_slot.renew_many(&requests[..1]).await;
+    let slots: std::collections::BTreeSet<u16> = requests[..50]
+        .iter()
+        .map(|r| lease_redis::hash_slot(&r.key))
+        .collect();
+    let before = by_slot.round_trips();
+    let results = by_slot.renew_many(&requests[..50]).await;
+    assert_eq!(by_slot.round_trips() - before, slots.len() as u64);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(RenewOutcome::Renewed(_))))
+    );
     let before = small.round_trips();
     let results = small.renew_many(&requests[..50]).await;
     assert_eq!(
