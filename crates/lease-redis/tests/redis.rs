@@ -119,13 +119,15 @@ async fn a_killed_holder_is_taken_over_within_ttl_and_one_poll() {
         .unwrap();
     let waited = started.elapsed();
     assert!(lease.fencing_token() > first.fencing);
-    // Not before the store's expiry; at most TTL + one poll (+ generous slack for a loaded host).
+    // Not before the store's expiry; TTL + one poll, plus slack for a loaded 2-core host (the
+    // measured wait is printed: about TTL + half a poll on a quiet machine).
+    eprintln!("taken over {waited:?} after the grant (TTL {ttl:?}, poll {poll:?})");
     assert!(
         waited + Duration::from_millis(50) >= ttl,
         "taken over after {waited:?}"
     );
     assert!(
-        waited <= ttl + poll + Duration::from_secs(1),
+        waited <= ttl + poll + Duration::from_secs(2),
         "took {waited:?}"
     );
     lease.release().await.unwrap();
