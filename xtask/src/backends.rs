@@ -80,7 +80,13 @@ pub(crate) const BACKENDS: &[Backend] = &[
         test: None,
         bench: None,
         needs: &[Server::Sqlite],
-        optional: &[Server::Postgres, Server::Mysql, Server::Azurite, Server::S3],
+        optional: &[
+            Server::Postgres,
+            Server::Mysql,
+            Server::Azurite,
+            Server::S3,
+            Server::Redis,
+        ],
     },
     Backend {
         name: "azure",
@@ -131,6 +137,16 @@ pub(crate) const BACKENDS: &[Backend] = &[
         test: Some("azure"),
         bench: None,
         needs: &[Server::Azurite],
+        optional: &[],
+    },
+    Backend {
+        name: "redis",
+        package: "lease-redis",
+        no_default_features: false,
+        features: &[],
+        test: Some("redis"),
+        bench: Some("redis"),
+        needs: &[Server::Redis],
         optional: &[],
     },
 ];

@@ -25,6 +25,11 @@ pub(crate) const S3_SECRET_ACCESS_KEY: &str = "LEASE_TEST_S3_SECRET_ACCESS_KEY";
 pub(crate) const S3_REGION: &str = "LEASE_TEST_S3_REGION";
 /// fake-gcs-server endpoint, e.g. `http://127.0.0.1:4443`.
 pub(crate) const GCS_ENDPOINT: &str = "LEASE_TEST_GCS_ENDPOINT";
+/// URL of a Redis server the tests may write keys in (never flushed), e.g. `redis://127.0.0.1:6380/0`.
+pub(crate) const REDIS_URL: &str = "LEASE_TEST_REDIS_URL";
+/// The `redis-server` program the rig, the torture and the Redis tests start servers from
+/// (default: the one on the `PATH`).
+pub(crate) const REDIS_SERVER: &str = "LEASE_TEST_REDIS_SERVER";
 /// `1`: a backend test whose variable is missing fails instead of skipping. Set by xtask when `CI` is true.
 pub(crate) const REQUIRE: &str = "LEASE_TEST_REQUIRE";
 
@@ -86,6 +91,14 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: GCS_ENDPOINT,
         server: Some(Server::Gcs),
+    },
+    EnvVar {
+        name: REDIS_URL,
+        server: Some(Server::Redis),
+    },
+    EnvVar {
+        name: REDIS_SERVER,
+        server: None,
     },
     EnvVar {
         name: REQUIRE,

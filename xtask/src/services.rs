@@ -54,6 +54,8 @@ pub(crate) enum Server {
     S3,
     /// fake-gcs-server.
     Gcs,
+    /// `redis-server` (Debian's package), without persistence.
+    Redis,
 }
 
 impl Server {
@@ -65,6 +67,7 @@ impl Server {
         Server::Azurite,
         Server::S3,
         Server::Gcs,
+        Server::Redis,
     ];
 
     /// Short name used on the command line.
@@ -76,6 +79,7 @@ impl Server {
             Server::Azurite => "azurite",
             Server::S3 => "s3",
             Server::Gcs => "gcs",
+            Server::Redis => "redis",
         }
     }
 
@@ -88,6 +92,7 @@ impl Server {
             Server::Azurite => "Azurite blob",
             Server::S3 => "moto S3",
             Server::Gcs => "fake-gcs-server",
+            Server::Redis => "redis-server",
         }
     }
 
@@ -108,6 +113,7 @@ impl Server {
             Server::Azurite => 10000,
             Server::S3 => 5000,
             Server::Gcs => 4443,
+            Server::Redis => 6379,
         }
     }
 }
@@ -441,6 +447,7 @@ fn start(
             ))
         }
         Server::Azurite | Server::S3 | Server::Gcs => start_spawned(paths, logs, server, avoid),
+        Server::Redis => start_redis(logs, avoid),
     }
 }
 
@@ -791,6 +798,20 @@ pub(crate) fn spawn_and_wait(
     port: u16,
     probe_path: &str,
 ) -> Result<(Child, ProcId)> {
+    spawn_and_wait_for(program, args, log_path, cwd, port, || {
+        proc::http_status("127.0.0.1", port, probe_path, PROBE_TIMEOUT).is_ok()
+    })
+}
+
+/// Like [`spawn_and_wait`], with `ready` as the probe.
+pub(crate) fn spawn_and_wait_for(
+    program: &Path,
+    args: &[String],
+    log_path: &Path,
+    cwd: &Path,
+    port: u16,
+    ready: impl Fn() -> bool,
+) -> Result<(Child, ProcId)> {
     use std::os::unix::process::CommandExt;
     let log = File::create(log_path)?;
     let mut child = Command::new(program)
@@ -817,9 +838,7 @@ pub(crate) fn spawn_and_wait(
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             );
         }
-        if proc::http_status("127.0.0.1", port, probe_path, PROBE_TIMEOUT).is_ok()
-            && id.is_alive_and_ours()
-        {
+        if ready() && id.is_alive_and_ours() {
             return Ok((child, id));
         }
         if Instant::now() >= deadline {
@@ -832,6 +851,86 @@ pub(crate) fn spawn_and_wait(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The `redis-server` program: `LEASE_TEST_REDIS_SERVER` or the one on the `PATH`.
+pub(crate) fn redis_program() -> Result<PathBuf> {
+    let program = env::user_value(env::REDIS_SERVER).unwrap_or_else(|| "redis-server".into());
+    if !proc::on_path(&program) {
+        bail!("{program} not found (Debian/Ubuntu: apt-get install redis-server)");
+    }
+    Ok(PathBuf::from(program))
+}
+
+/// Arguments of a `redis-server` on `port` with its files in `dir`: without persistence, or with
+/// an append-only file written and fsynced on every write (`appendfsync always`).
+pub(crate) fn redis_args(port: u16, dir: &Path, aof: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    if aof {
+        args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
+    } else {
+        args.extend(["--appendonly", "no"].map(String::from));
+    }
+    args
+}
+
+/// Whether a Redis server answers `PING` on `port`.
+pub(crate) fn redis_ping(host: &str, port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = proc::tcp_connect(host, port, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    if answer.starts_with("+PONG") {
+        Ok(())
+    } else {
+        bail!("PING answered {:?}", answer.trim())
+    }
+}
+
+fn start_redis(logs: &Path, avoid: &[u16]) -> Result<(Service, Option<Child>)> {
+    let program = redis_program()?;
+    let mut avoid = avoid.to_vec();
+    let mut last_err = None;
+    for _ in 0..3 {
+        let port = ports::choose(Server::Redis.default_port(), &avoid)?;
+        avoid.push(port);
+        let args = redis_args(port, logs, false);
+        let log_path = logs.join("redis.log");
+        match spawn_and_wait_for(&program, &args, &log_path, logs, port, || {
+            redis_ping("127.0.0.1", port).is_ok()
+        }) {
+            Ok((child, id)) => {
+                let service = Service {
+                    server: Server::Redis,
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                    origin: Origin::Spawned { proc: id },
+                    database: None,
+                };
+                return Ok((service, Some(child)));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
 }
 
 /// Records servers a command started outside [`up`] (the torture rig's own Azurite and moto) as
@@ -908,6 +1007,19 @@ pub(crate) fn probe(service: &Service) -> Result<String, String> {
                 }
                 _ => mysql("select 1")
                     .map(|_| "select 1".into())
+                    .map_err(|e| format!("{e:#}")),
+            }
+        }
+        Server::Redis => {
+            let (host, port) = env::host_port(&service.url, Some(6379))
+                .ok_or_else(|| format!("cannot parse {}", service.url))?;
+            match service.origin {
+                // A user's server may want a password: a TCP connect is all we can check.
+                Origin::User => proc::tcp_connect(&host, port, PROBE_TIMEOUT)
+                    .map(|_| "tcp".into())
+                    .map_err(|e| format!("{e:#}")),
+                _ => redis_ping(&host, port)
+                    .map(|_| "PING".into())
                     .map_err(|e| format!("{e:#}")),
             }
         }

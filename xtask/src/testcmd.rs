@@ -92,7 +92,11 @@ fn torture_env(
     rig_env: Vec<(String, String)>,
     user_set: impl Fn(&str) -> bool,
 ) -> Vec<(String, String)> {
-    let own = [env::var_for(Server::Azurite), env::var_for(Server::S3)];
+    let own = [
+        env::var_for(Server::Azurite),
+        env::var_for(Server::S3),
+        env::var_for(Server::Redis),
+    ];
     rig_env
         .into_iter()
         .filter(|(k, _)| !own.contains(&k.as_str()) || user_set(k))

@@ -8,7 +8,8 @@ use lease_core::{Backend, MemoryBackend};
 use crate::exit::{self, CliError};
 
 /// The schemes `lease` understands, for messages.
-const KNOWN_SCHEMES: &str = "sqlite, postgres, mysql, memory, azblob, s3, gs, az, file";
+const KNOWN_SCHEMES: &str =
+    "sqlite, postgres, mysql, memory, azblob, s3, gs, az, file, redis, rediss, redis+unix";
 
 /// What a store URL names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub(crate) enum Store {
     },
     /// A local directory used as an object store.
     File { dir: PathBuf },
+    /// A Redis (or Valkey) server: `redis://`, `rediss://` (TLS) or `redis+unix://` (the URL is
+    /// passed to the client as written).
+    Redis,
 }
 
 /// A parsed store URL. Keeps the original text for the driver; shows only [`StoreUrl::redacted`].
@@ -145,6 +149,25 @@ impl StoreUrl {
                     bucket: bucket.to_owned(),
                     prefix: prefix.trim_matches('/').to_owned(),
                 }
+            }
+            "redis" | "rediss" => {
+                check_authority(rest).map_err(|why| bad(&why))?;
+                if authority(rest)
+                    .rsplit_once('@')
+                    .map_or(authority(rest), |(_, h)| h)
+                    .is_empty()
+                {
+                    return Err(bad(&format!(
+                        "{lower}:// needs a host, as in {lower}://:PASSWORD@cache.example:6379/0"
+                    )));
+                }
+                Store::Redis
+            }
+            "redis+unix" => {
+                if !before_query.starts_with('/') {
+                    return Err(bad("expected redis+unix:///PATH/TO/SOCKET[?db=N]"));
+                }
+                Store::Redis
             }
             "file" => {
                 if !before_query.starts_with('/') {
@@ -398,6 +421,7 @@ pub(crate) async fn connect(url: &StoreUrl, access: Access) -> Result<Arc<dyn Ba
         // Azure creates nothing for read-only commands: only acquire creates the container.
         Store::AzBlob { .. } => azure(url),
         Store::Bucket { .. } => objstore(url),
+        Store::Redis => redis(url).await,
         Store::File { .. } => Err(CliError::usage(format!(
             "{}:// stores cannot hold leases: local files have no conditional update, so two \
              holders could both write; use sqlite:///PATH for a store on this machine",
@@ -438,6 +462,23 @@ fn azure(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
         ));
         err
     })?;
+    Ok(Arc::new(backend))
+}
+
+/// `redis://`, `rediss://`, `redis+unix://` through `lease-redis`, keys under `lease:`. Nothing is
+/// created on connecting: the scripts are loaded on first use.
+async fn redis(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
+    let backend = lease_redis::RedisBackend::connect(url.raw())
+        .await
+        .map_err(|e| {
+            let mut err = CliError::from_lease(&e);
+            err.message = url.scrub(&format!(
+                "cannot use store {}: {}",
+                url.redacted(),
+                err.message
+            ));
+            err
+        })?;
     Ok(Arc::new(backend))
 }
 
@@ -831,6 +872,13 @@ mod tests {
             }
         );
         assert!(err("file://relative").message.contains("ABSOLUTE"));
+        assert_eq!(parse("redis://:pw@cache:6379/0"), Store::Redis);
+        assert_eq!(parse("rediss://cache.example/1"), Store::Redis);
+        assert_eq!(parse("redis+unix:///run/redis.sock?db=2"), Store::Redis);
+        assert!(err("redis://").message.contains("needs a host"));
+        assert!(err("redis+unix://relative").message.contains("SOCKET"));
+        let e = err("redis://:pw@cache:notaport/0");
+        assert!(e.message.contains("port"), "{}", e.message);
         assert_eq!(parse("memory://"), Store::Memory);
         assert!(err("memory://host").message.contains("no host"));
     }
@@ -840,10 +888,10 @@ mod tests {
         let e = err("not a url");
         assert_eq!(e.code, exit::USAGE);
         assert!(e.message.starts_with("invalid store URL 'not a url'"));
-        let e = err("redis://u:secret@cache/0");
+        let e = err("etcd://u:secret@cache/0");
         assert_eq!(e.code, exit::USAGE);
         assert!(
-            e.message.contains("unknown store scheme 'redis://'"),
+            e.message.contains("unknown store scheme 'etcd://'"),
             "{}",
             e.message
         );

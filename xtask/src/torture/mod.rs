@@ -8,7 +8,7 @@
 //! new connections refused, answers stalled past the TTL); a worker frozen with SIGSTOP past the
 //! TTL and resumed; a worker killed with SIGKILL (and replaced); renew responses delayed past
 //! the deadline and answers lost inside a worker (SIGUSR1/SIGUSR2 to its fault-injecting
-//! backend wrapper); and for the servers the run starts itself (Azurite, moto), a real restart
+//! backend wrapper); and for the servers the run starts itself (Azurite, moto, Redis), a real restart
 //! of the server mid-run ([`servers`]).
 
 mod journal;
@@ -48,6 +48,7 @@ pub(crate) const BACKENDS: &[&str] = &[
     "mysql",
     "objstore-s3",
     "azure",
+    "redis",
 ];
 
 /// `cargo xtask torture` options.
@@ -157,6 +158,7 @@ fn server_kind(backend: &str) -> Option<servers::Kind> {
     match backend {
         "objstore-s3" => Some(servers::Kind::Moto),
         "azure" => Some(servers::Kind::Azurite),
+        "redis" => Some(servers::Kind::Redis),
         _ => None,
     }
 }

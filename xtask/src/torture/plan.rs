@@ -42,6 +42,7 @@ impl RowPlan {
         let quick_size = match backend {
             "memory" => 4_000,
             "sqlite" => 3_000,
+            "redis" => 3_000,
             "mysql" => 2_000,
             "objstore-s3" => 1_200,
             "azure" => 1_000,

@@ -37,6 +37,9 @@ pub(crate) enum Kind {
     Azurite,
     /// moto's S3, in memory.
     Moto,
+    /// `redis-server` with an append-only file fsynced on every write: a restart keeps every
+    /// lease (their absolute expiry times) and every fencing counter.
+    Redis,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::Azurite => Server::Azurite,
             Kind::Moto => Server::S3,
+            Kind::Redis => Server::Redis,
         }
     }
 
@@ -52,6 +56,7 @@ impl Kind {
         match self {
             Kind::Azurite => "Azurite",
             Kind::Moto => "moto S3",
+            Kind::Redis => "Redis",
         }
     }
 
@@ -60,6 +65,7 @@ impl Kind {
         match self {
             Kind::Azurite => "Azurite (blob data on disk)",
             Kind::Moto => "moto S3 (in memory)",
+            Kind::Redis => "redis-server (AOF, appendfsync always)",
         }
     }
 
@@ -69,6 +75,8 @@ impl Kind {
         match self {
             Kind::Azurite => Duration::from_secs(10),
             Kind::Moto => Duration::from_secs(2),
+            // Flushes the append-only file on SIGTERM (every write was fsynced already).
+            Kind::Redis => Duration::from_secs(5),
         }
     }
 
@@ -76,7 +84,15 @@ impl Kind {
     fn probe_path(self) -> String {
         match self {
             Kind::Azurite => format!("/{}?comp=list", env::AZURITE_ACCOUNT),
-            Kind::Moto => "/".into(),
+            Kind::Moto | Kind::Redis => "/".into(),
+        }
+    }
+
+    /// Whether the server on `port` is ready.
+    fn ready(self, port: u16) -> bool {
+        match self {
+            Kind::Redis => services::redis_ping("127.0.0.1", port).is_ok(),
+            _ => proc::http_status("127.0.0.1", port, &self.probe_path(), PROBE_TIMEOUT).is_ok(),
         }
     }
 }
@@ -125,9 +141,13 @@ pub(crate) fn provide(kind: Kind, dir: &Path, instance: &str, bucket: &str) -> R
     let var = env::var_for(kind.server());
     if let Some(url) = env::user_value(var) {
         let (host, port) = env::host_port(&url, Some(80))
-            .with_context(|| format!("{var}={url} is not an http://HOST:PORT URL"))?;
-        proc::http_status(&host, port, "/", PROBE_TIMEOUT)
-            .with_context(|| format!("{url} from {var} does not answer"))?;
+            .with_context(|| format!("{var}={url} is not a scheme://HOST:PORT URL"))?;
+        if kind == Kind::Redis {
+            proc::tcp_connect(&host, port, PROBE_TIMEOUT).map(drop)
+        } else {
+            proc::http_status(&host, port, "/", PROBE_TIMEOUT).map(drop)
+        }
+        .with_context(|| format!("{url} from {var} does not answer"))?;
         if kind == Kind::Moto {
             ensure_bucket(&host, port, bucket).with_context(|| {
                 format!("bucket {bucket} on {url} (make it first on an S3 server that is not moto)")
@@ -173,10 +193,12 @@ impl OwnedServer {
         let (program, leading_args) = match kind {
             Kind::Azurite => (services::install_azurite(&paths)?, Vec::new()),
             Kind::Moto => services::moto_command(&paths)?,
+            Kind::Redis => (services::redis_program()?, Vec::new()),
         };
         let dir = dir.join(match kind {
             Kind::Azurite => "azurite",
             Kind::Moto => "moto",
+            Kind::Redis => "redis",
         });
         std::fs::create_dir_all(&dir)?;
         let mut last = None;
@@ -188,13 +210,13 @@ impl OwnedServer {
                 .cloned()
                 .chain(launch_args(kind, port, &dir))
                 .collect();
-            match services::spawn_and_wait(
+            match services::spawn_and_wait_for(
                 &program,
                 &args,
                 &dir.join("server.log"),
                 &dir,
                 port,
-                &kind.probe_path(),
+                || kind.ready(port),
             ) {
                 Ok((child, id)) => {
                     let server = Self {
@@ -221,6 +243,7 @@ impl OwnedServer {
         match self.kind {
             Kind::Azurite => format!("http://127.0.0.1:{}/{}", self.port, env::AZURITE_ACCOUNT),
             Kind::Moto => format!("http://127.0.0.1:{}", self.port),
+            Kind::Redis => format!("redis://127.0.0.1:{}/0", self.port),
         }
     }
 
@@ -253,13 +276,14 @@ impl OwnedServer {
         // either server from listening again, but give a late exit a moment.
         let deadline = Instant::now() + Duration::from_secs(20);
         let (child, id) = loop {
-            match services::spawn_and_wait(
+            let (kind, port) = (self.kind, self.port);
+            match services::spawn_and_wait_for(
                 &self.program,
                 &self.args,
                 &self.dir.join("server.log"),
                 &self.dir,
                 self.port,
-                &self.kind.probe_path(),
+                || kind.ready(port),
             ) {
                 Ok(started) => break started,
                 Err(e) if Instant::now() >= deadline => {
@@ -285,7 +309,7 @@ impl OwnedServer {
                 }
                 gone
             }
-            Kind::Azurite => false,
+            Kind::Azurite | Kind::Redis => false,
         };
         Ok(Restart {
             down_ns,
@@ -322,6 +346,8 @@ fn launch_args(kind: Kind, port: u16, dir: &Path) -> Vec<String> {
             "-p".into(),
             port.to_string(),
         ],
+        // On disk, fsynced on every write: a restart must keep every lease and counter.
+        Kind::Redis => services::redis_args(port, dir, true),
     }
 }
 

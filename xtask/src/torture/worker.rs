@@ -212,6 +212,15 @@ pub(crate) async fn connect_store(
         "sqlite" => Arc::new(SqliteBackend::connect_with(url, options()?).await?),
         "objstore-s3" => Arc::new(s3_backend(url, table)?),
         "azure" => Arc::new(azure_backend(url, table)?),
+        // The run's table name is the key prefix: letters, digits and `_`.
+        "redis" => Arc::new(
+            lease_redis::RedisBackend::connect_with(
+                url,
+                lease_redis::RedisOptions::default()
+                    .with_prefix(lease_redis::KeyPrefix::new(format!("{table}:"))?),
+            )
+            .await?,
+        ),
         other => bail!("torture: unknown backend {other:?}"),
     })
 }
