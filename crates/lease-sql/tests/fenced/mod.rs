@@ -1,25 +1,26 @@
-//! Fenced transactions ([`FenceTable::admit`]) on PostgreSQL, MySQL/MariaDB and SQLite: a holder
-//! paused past its deadline is refused after its successor wrote, sixteen holders leave only
-//! increasing tokens in the data, two concurrent fenced transactions serialize under every
-//! isolation level the database offers, and a trigger that suppresses the fence write is an error,
-//! never a silent success. Servers: `LEASE_TEST_POSTGRES_URL`, `LEASE_TEST_MYSQL_URL` (skipped
-//! loudly when unset); SQLite files in the system temporary directory.
+//! Fenced transactions ([`FenceTable::admit`]), written once and run by each dialect's suite
+//! (`fenced_tests!(postgres)` in `tests/postgres.rs`, and so on): a holder paused past its
+//! deadline is refused after its successor wrote, sixteen holders leave only increasing tokens in
+//! the data, two concurrent fenced transactions serialize under every isolation level the database
+//! offers, and a trigger that suppresses the fence write is an error, never a silent success,
+//! while an audit trigger is harmless.
+#![allow(dead_code, unreachable_pub)]
 
-mod support;
+pub use std::time::Duration;
 
-use std::time::Duration;
+use crate::support;
 
-use lease_sql::{
+pub use lease_sql::{
     AcquireOutcome, AcquireRequest, Backend, FenceError, FenceTable, FencingToken, HolderMetadata,
     HolderToken, LeaseKey, StaleToken, TableName,
 };
 
 /// The lease TTL of a holder that pauses: short, so its successor comes soon.
-const PAUSED_TTL: Duration = Duration::from_millis(300);
+pub const PAUSED_TTL: Duration = Duration::from_millis(300);
 
 /// Acquires `key` through the backend alone, waiting while it is held, with no renewals: the
 /// grant of a holder whose process (renewer included) is about to freeze.
-async fn paused_holder(backend: &dyn Backend, key: &str) -> FencingToken {
+pub async fn paused_holder(backend: &dyn Backend, key: &str) -> FencingToken {
     let request = AcquireRequest::new(
         LeaseKey::new(key).unwrap(),
         HolderToken::generate(),
@@ -35,10 +36,10 @@ async fn paused_holder(backend: &dyn Backend, key: &str) -> FencingToken {
 }
 
 /// A small deterministic generator for the pauses (xorshift64*).
-struct Pauses(u64);
+pub struct Pauses(pub u64);
 
 impl Pauses {
-    fn next_ms(&mut self, below: u64) -> u64 {
+    pub fn next_ms(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -46,48 +47,49 @@ impl Pauses {
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", support::random_suffix())
 }
 
 /// The body a holder writes, so the data can be compared byte for byte.
-fn body(holder: usize, token: FencingToken) -> String {
+pub fn body(holder: usize, token: FencingToken) -> String {
     format!("holder {holder} wrote under token {token}")
 }
 
-/// The checks every dialect runs. `$begin` opens a transaction at an isolation level (`None`: the
-/// default); `$levels` are the levels to test; `$p` are the two placeholders of the data insert.
+/// The checks every dialect runs, given the dialect's module below: its `setup`, `begin` (a
+/// transaction at an isolation level, `None` for the default), `LEVELS` to test, the data table's
+/// `AUTOINC` column and insert `PARAMS`, and the `suppress` and `audit` triggers.
 macro_rules! fenced_tests {
-    (
-        db = $db:ty,
-        setup = $setup:path,
-        autoinc = $autoinc:literal,
-        insert_params = $params:literal,
-        levels = [$($level:literal),*],
-        suppressing_trigger = $trigger:path $(,)?
-    ) => {
-        type Db = $db;
+    ($dialect:ident) => {
+        use crate::fenced::$dialect::{
+            AUTOINC, Db, Dialect, LEVELS, PARAMS, audit, begin, setup, suppress,
+        };
+        use crate::fenced::*;
         type Pool = lease_sql::sqlx::Pool<Db>;
 
         struct Env {
             pool: Pool,
-            backend: lease_sql::SqlBackend<<Db as DialectOf>::Dialect>,
+            backend: lease_sql::SqlBackend<Dialect>,
             fences: FenceTable,
             data: String,
         }
 
         async fn env() -> Option<Env> {
-            let (pool, backend) = $setup().await?;
+            let (pool, backend) = setup().await?;
             let data = unique("fenced_data");
             lease_sql::sqlx::raw_sql(lease_sql::sqlx::AssertSqlSafe(format!(
-                "CREATE TABLE {data} (id {}, token BIGINT NOT NULL, body TEXT NOT NULL)",
-                $autoinc
+                "CREATE TABLE {data} (id {AUTOINC}, token BIGINT NOT NULL, body TEXT NOT NULL)"
             )))
             .execute(&pool)
             .await
             .expect("create the data table");
             let fences = backend.fences().clone();
-            Some(Env { pool, backend, fences, data })
+            Some(Env {
+                pool,
+                backend,
+                fences,
+                data,
+            })
         }
 
         /// One fenced transaction: admit the token, then write the protected row.
@@ -100,7 +102,7 @@ macro_rules! fenced_tests {
             env.fences.admit(&mut tx, "report", token).await?;
             lease_sql::sqlx::query(lease_sql::sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {} (token, body) VALUES ({})",
-                env.data, $params
+                env.data, PARAMS
             )))
             .bind(i64::try_from(token.get()).unwrap())
             .bind(body)
@@ -113,15 +115,14 @@ macro_rules! fenced_tests {
 
         /// The protected rows in the order they were written.
         async fn rows(env: &Env) -> Vec<(u64, String)> {
-            let rows: Vec<(i64, String)> = lease_sql::sqlx::query_as(
-                lease_sql::sqlx::AssertSqlSafe(format!(
+            let rows: Vec<(i64, String)> =
+                lease_sql::sqlx::query_as(lease_sql::sqlx::AssertSqlSafe(format!(
                     "SELECT token, body FROM {} ORDER BY id",
                     env.data
-                )),
-            )
-            .fetch_all(&env.pool)
-            .await
-            .expect("read the data");
+                )))
+                .fetch_all(&env.pool)
+                .await
+                .expect("read the data");
             rows.into_iter()
                 .map(|(t, b)| (u64::try_from(t).unwrap(), b))
                 .collect()
@@ -132,13 +133,17 @@ macro_rules! fenced_tests {
             let Some(env) = env().await else { return };
             let key = unique("job");
             let old = paused_holder(&env.backend, &key).await;
-            fenced_write(&env, old, &body(0, old)).await.expect("the holder writes in time");
+            fenced_write(&env, old, &body(0, old))
+                .await
+                .expect("the holder writes in time");
             // The old holder freezes; its lease expires and a successor takes the key and writes.
             let locker = lease_sql::Locker::new(env.backend.clone());
             let successor = locker.acquire(&key).await.expect("the successor acquires");
             let new = successor.fencing_token();
             assert!(new > old);
-            fenced_write(&env, new, &body(1, new)).await.expect("the successor writes");
+            fenced_write(&env, new, &body(1, new))
+                .await
+                .expect("the successor writes");
             // The old holder wakes and writes with its old token.
             let err = fenced_write(&env, old, &body(0, old)).await.unwrap_err();
             assert_eq!(err.stale_token(), Some(&StaleToken::new(old, new)), "{err}");
@@ -150,7 +155,10 @@ macro_rules! fenced_tests {
                 "the successor's data is intact"
             );
             let mut conn = env.pool.acquire().await.unwrap();
-            assert_eq!(env.fences.current::<Db>(&mut conn, "report").await.unwrap(), Some(new));
+            assert_eq!(
+                env.fences.current::<Db>(&mut conn, "report").await.unwrap(),
+                Some(new)
+            );
             successor.release().await.unwrap();
         }
 
@@ -215,7 +223,10 @@ macro_rules! fenced_tests {
             let Some(env) = env().await else { return };
             let (old, new) = (FencingToken::new(5), FencingToken::new(6));
             let mut newer = begin(&env.pool, level).await;
-            env.fences.admit(&mut newer, "report", new).await.expect("newer admitted");
+            env.fences
+                .admit(&mut newer, "report", new)
+                .await
+                .expect("newer admitted");
 
             let older_env = (
                 env.pool.clone(),
@@ -251,7 +262,7 @@ macro_rules! fenced_tests {
             };
             lease_sql::sqlx::query(lease_sql::sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {} (token, body) VALUES ({})",
-                env.data, $params
+                env.data, PARAMS
             )))
             .bind(6_i64)
             .bind("newer")
@@ -269,26 +280,39 @@ macro_rules! fenced_tests {
                 assert!(err.stale_token().is_none());
                 // The transaction was aborted: run it again, as the application would.
                 let mut again = begin(&env.pool, level).await;
-                env.fences.admit(&mut again, "report", old).await.unwrap_err()
+                env.fences
+                    .admit(&mut again, "report", old)
+                    .await
+                    .unwrap_err()
             } else {
                 err
             };
-            assert_eq!(err.stale_token(), Some(&StaleToken::new(old, new)), "{level:?}: {err}");
+            assert_eq!(
+                err.stale_token(),
+                Some(&StaleToken::new(old, new)),
+                "{level:?}: {err}"
+            );
             assert_eq!(rows(&env).await, vec![(6, "newer".to_owned())]);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_fenced_transactions_serialize_under_every_isolation_level() {
             older_waits_for_newer_and_fails(None).await;
-            $( older_waits_for_newer_and_fails(Some($level)).await; )*
+            for level in LEVELS {
+                older_waits_for_newer_and_fails(Some(level)).await;
+            }
         }
 
         #[tokio::test]
         async fn equal_token_is_admitted_and_older_refused_without_a_lease() {
             let Some(env) = env().await else { return };
             fenced_write(&env, FencingToken::new(7), "a").await.unwrap();
-            fenced_write(&env, FencingToken::new(7), "b").await.expect("same holder again");
-            let err = fenced_write(&env, FencingToken::new(6), "c").await.unwrap_err();
+            fenced_write(&env, FencingToken::new(7), "b")
+                .await
+                .expect("same holder again");
+            let err = fenced_write(&env, FencingToken::new(6), "c")
+                .await
+                .unwrap_err();
             assert_eq!(
                 err.stale_token(),
                 Some(&StaleToken::new(FencingToken::new(6), FencingToken::new(7)))
@@ -305,44 +329,76 @@ macro_rules! fenced_tests {
                 .admit(&mut tx, "x'; DROP TABLE t; --", FencingToken::new(8))
                 .await
                 .unwrap_err();
-            assert!(matches!(bad_name, FenceError::InvalidInput(_)), "{bad_name}");
+            assert!(
+                matches!(bad_name, FenceError::InvalidInput(_)),
+                "{bad_name}"
+            );
         }
 
         #[tokio::test]
         async fn a_trigger_that_suppresses_the_fence_write_is_an_error_not_success() {
             let Some(env) = env().await else { return };
-            fenced_write(&env, FencingToken::new(1), "first").await.unwrap();
-            for sql in $trigger(env.fences.table()) {
+            fenced_write(&env, FencingToken::new(1), "first")
+                .await
+                .unwrap();
+            for sql in suppress(env.fences.table()) {
                 lease_sql::sqlx::raw_sql(lease_sql::sqlx::AssertSqlSafe(sql))
                     .execute(&env.pool)
                     .await
                     .expect("create the trigger");
             }
-            let err = fenced_write(&env, FencingToken::new(2), "second").await.unwrap_err();
+            let err = fenced_write(&env, FencingToken::new(2), "second")
+                .await
+                .unwrap_err();
             assert!(err.stale_token().is_none(), "{err}");
             assert!(!err.is_retryable(), "{err}");
             assert!(err.to_string().contains("trigger"), "{err}");
             assert_eq!(rows(&env).await, vec![(1, "first".to_owned())]);
         }
+
+        /// A trigger that only records (an audit log) leaves fencing intact.
+        #[tokio::test]
+        async fn an_audit_trigger_leaves_fencing_intact() {
+            let Some(env) = env().await else { return };
+            let log = unique("audit");
+            for sql in audit(env.fences.table(), &log) {
+                lease_sql::sqlx::raw_sql(lease_sql::sqlx::AssertSqlSafe(sql))
+                    .execute(&env.pool)
+                    .await
+                    .expect("create the audit trigger");
+            }
+            fenced_write(&env, FencingToken::new(3), "a").await.unwrap();
+            fenced_write(&env, FencingToken::new(4), "b").await.unwrap();
+            let err = fenced_write(&env, FencingToken::new(3), "c")
+                .await
+                .unwrap_err();
+            assert!(err.stale_token().is_some(), "{err}");
+            let logged: Vec<i64> = lease_sql::sqlx::query_scalar(lease_sql::sqlx::AssertSqlSafe(
+                format!("SELECT token FROM {log}"),
+            ))
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+            assert_eq!(logged.first(), Some(&3));
+            assert_eq!(logged.last(), Some(&4));
+            assert_eq!(rows(&env).await.len(), 2);
+        }
     };
 }
 
-/// Maps a sqlx database to this crate's dialect, so the macro can name the backend type.
-trait DialectOf {
-    type Dialect: lease_sql::dialect::Dialect;
-}
-
 #[cfg(feature = "postgres")]
-mod postgres {
+pub mod postgres {
     use super::*;
     use lease_sql::sqlx::postgres::PgPoolOptions;
-    use lease_sql::{PostgresBackend, PostgresDialect, SqlOptions};
+    use lease_sql::{PostgresBackend, SqlOptions};
 
-    impl DialectOf for lease_sql::sqlx::Postgres {
-        type Dialect = PostgresDialect;
-    }
+    pub type Db = lease_sql::sqlx::Postgres;
+    pub type Dialect = lease_sql::PostgresDialect;
+    pub const AUTOINC: &str = "BIGSERIAL PRIMARY KEY";
+    pub const PARAMS: &str = "$1, $2";
+    pub const LEVELS: [&str; 3] = ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"];
 
-    async fn setup() -> Option<(Pool, PostgresBackend)> {
+    pub async fn setup() -> Option<(lease_sql::sqlx::PgPool, PostgresBackend)> {
         let url = lease_core::conformance::require_env("LEASE_TEST_POSTGRES_URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -357,7 +413,10 @@ mod postgres {
         Some((pool, backend))
     }
 
-    async fn begin(pool: &Pool, level: Option<&str>) -> lease_sql::sqlx::Transaction<'static, Db> {
+    pub async fn begin(
+        pool: &lease_sql::sqlx::PgPool,
+        level: Option<&str>,
+    ) -> lease_sql::sqlx::Transaction<'static, Db> {
         match level {
             None => pool.begin().await.unwrap(),
             Some(level) => pool
@@ -369,8 +428,8 @@ mod postgres {
         }
     }
 
-    fn suppress(fences: &TableName) -> Vec<String> {
-        let f = format!("suppress_{}", support::random_suffix());
+    pub fn suppress(fences: &TableName) -> Vec<String> {
+        let f = unique("suppress");
         vec![
             format!(
                 "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
@@ -381,64 +440,34 @@ mod postgres {
         ]
     }
 
-    fenced_tests! {
-        db = lease_sql::sqlx::Postgres,
-        setup = setup,
-        autoinc = "BIGSERIAL PRIMARY KEY",
-        insert_params = "$1, $2",
-        levels = ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"],
-        suppressing_trigger = suppress,
-    }
-
-    /// A trigger that only records (an audit log) leaves fencing intact.
-    #[tokio::test]
-    async fn an_audit_trigger_leaves_fencing_intact() {
-        let Some(env) = env().await else { return };
-        let audit = unique("audit");
+    pub fn audit(fences: &TableName, log: &str) -> Vec<String> {
         let f = unique("audit_fn");
-        let fences = env.fences.table();
-        for sql in [
-            format!("CREATE TABLE {audit} (token BIGINT)"),
+        vec![
+            format!("CREATE TABLE {log} (id BIGSERIAL PRIMARY KEY, token BIGINT)"),
             format!(
                 "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN INSERT INTO {audit} VALUES (NEW.token); RETURN NEW; END $$"
+                 BEGIN INSERT INTO {log} (token) VALUES (NEW.token); RETURN NEW; END $$"
             ),
             format!(
                 "CREATE TRIGGER {f} AFTER INSERT OR UPDATE ON {fences} FOR EACH ROW EXECUTE FUNCTION {f}()"
             ),
-        ] {
-            lease_sql::sqlx::raw_sql(lease_sql::sqlx::AssertSqlSafe(sql))
-                .execute(&env.pool)
-                .await
-                .unwrap();
-        }
-        fenced_write(&env, FencingToken::new(3), "a").await.unwrap();
-        fenced_write(&env, FencingToken::new(4), "b").await.unwrap();
-        let err = fenced_write(&env, FencingToken::new(3), "c")
-            .await
-            .unwrap_err();
-        assert!(err.stale_token().is_some(), "{err}");
-        let logged: Vec<i64> = lease_sql::sqlx::query_scalar(lease_sql::sqlx::AssertSqlSafe(
-            format!("SELECT token FROM {audit}"),
-        ))
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
-        assert_eq!(logged, vec![3, 4]);
+        ]
     }
 }
 
 #[cfg(feature = "mysql")]
-mod mysql {
+pub mod mysql {
     use super::*;
     use lease_sql::sqlx::mysql::MySqlPoolOptions;
-    use lease_sql::{MySqlBackend, MySqlDialect, SqlOptions};
+    use lease_sql::{MySqlBackend, SqlOptions};
 
-    impl DialectOf for lease_sql::sqlx::MySql {
-        type Dialect = MySqlDialect;
-    }
+    pub type Db = lease_sql::sqlx::MySql;
+    pub type Dialect = lease_sql::MySqlDialect;
+    pub const AUTOINC: &str = "BIGINT AUTO_INCREMENT PRIMARY KEY";
+    pub const PARAMS: &str = "?, ?";
+    pub const LEVELS: [&str; 3] = ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"];
 
-    async fn setup() -> Option<(Pool, MySqlBackend)> {
+    pub async fn setup() -> Option<(lease_sql::sqlx::MySqlPool, MySqlBackend)> {
         let url = lease_core::conformance::require_env("LEASE_TEST_MYSQL_URL")?;
         let pool = MySqlPoolOptions::new()
             .max_connections(8)
@@ -455,7 +484,10 @@ mod mysql {
 
     /// MySQL sets the level of the next transaction before it starts: both statements go as one
     /// text request.
-    async fn begin(pool: &Pool, level: Option<&str>) -> lease_sql::sqlx::Transaction<'static, Db> {
+    pub async fn begin(
+        pool: &lease_sql::sqlx::MySqlPool,
+        level: Option<&str>,
+    ) -> lease_sql::sqlx::Transaction<'static, Db> {
         match level {
             None => pool.begin().await.unwrap(),
             Some(level) => pool
@@ -467,34 +499,48 @@ mod mysql {
         }
     }
 
-    fn suppress(fences: &TableName) -> Vec<String> {
-        let t = format!("keep_{}", support::random_suffix());
+    /// MySQL triggers cannot skip a row; one can undo the change.
+    pub fn suppress(fences: &TableName) -> Vec<String> {
+        let t = unique("keep");
         vec![format!(
             "CREATE TRIGGER {t} BEFORE UPDATE ON {fences} FOR EACH ROW SET NEW.token = OLD.token"
         )]
     }
 
-    fenced_tests! {
-        db = lease_sql::sqlx::MySql,
-        setup = setup,
-        autoinc = "BIGINT AUTO_INCREMENT PRIMARY KEY",
-        insert_params = "?, ?",
-        levels = ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"],
-        suppressing_trigger = suppress,
+    pub fn audit(fences: &TableName, log: &str) -> Vec<String> {
+        vec![
+            format!("CREATE TABLE {log} (id BIGINT AUTO_INCREMENT PRIMARY KEY, token BIGINT)"),
+            format!(
+                "CREATE TRIGGER {} AFTER INSERT ON {fences} FOR EACH ROW INSERT INTO {log} (token) VALUES (NEW.token)",
+                unique("audit_ins")
+            ),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE ON {fences} FOR EACH ROW INSERT INTO {log} (token) VALUES (NEW.token)",
+                unique("audit_upd")
+            ),
+        ]
     }
 }
 
 #[cfg(feature = "sqlite")]
-mod sqlite {
+pub mod sqlite {
     use super::*;
-    use lease_sql::{SqlOptions, SqliteBackend, SqliteDialect};
+    use lease_sql::{SqlOptions, SqliteBackend};
 
-    impl DialectOf for lease_sql::sqlx::Sqlite {
-        type Dialect = SqliteDialect;
-    }
+    pub type Db = lease_sql::sqlx::Sqlite;
+    pub type Dialect = lease_sql::SqliteDialect;
+    pub const AUTOINC: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
+    pub const PARAMS: &str = "?, ?";
+    /// SQLite has one level (serializable).
+    pub const LEVELS: [&str; 0] = [];
 
-    async fn setup() -> Option<(Pool, SqliteBackend)> {
-        let dir = std::env::temp_dir().join("lease-sql-tests");
+    pub async fn setup() -> Option<(lease_sql::sqlx::SqlitePool, SqliteBackend)> {
+        let dir = std::env::var_os("LEASE_TEST_SQLITE_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(
+                || std::env::temp_dir().join("lease-sql-tests"),
+                std::path::PathBuf::from,
+            );
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!(
             "sqlite://{}",
@@ -508,24 +554,32 @@ mod sqlite {
         Some((backend.pool().clone(), backend))
     }
 
-    /// SQLite has one level (serializable); `BEGIN` is deferred, as sqlx sends it.
-    async fn begin(pool: &Pool, _level: Option<&str>) -> lease_sql::sqlx::Transaction<'static, Db> {
+    /// `BEGIN` is deferred, as sqlx sends it.
+    pub async fn begin(
+        pool: &lease_sql::sqlx::SqlitePool,
+        _level: Option<&str>,
+    ) -> lease_sql::sqlx::Transaction<'static, Db> {
         pool.begin().await.unwrap()
     }
 
-    fn suppress(fences: &TableName) -> Vec<String> {
-        let t = format!("ignore_{}", support::random_suffix());
+    pub fn suppress(fences: &TableName) -> Vec<String> {
         vec![format!(
-            "CREATE TRIGGER {t} BEFORE UPDATE ON {fences} BEGIN SELECT RAISE(IGNORE); END"
+            "CREATE TRIGGER {} BEFORE UPDATE ON {fences} BEGIN SELECT RAISE(IGNORE); END",
+            unique("ignore")
         )]
     }
 
-    fenced_tests! {
-        db = lease_sql::sqlx::Sqlite,
-        setup = setup,
-        autoinc = "INTEGER PRIMARY KEY AUTOINCREMENT",
-        insert_params = "?, ?",
-        levels = [],
-        suppressing_trigger = suppress,
+    pub fn audit(fences: &TableName, log: &str) -> Vec<String> {
+        vec![
+            format!("CREATE TABLE {log} (id INTEGER PRIMARY KEY AUTOINCREMENT, token INTEGER)"),
+            format!(
+                "CREATE TRIGGER {} AFTER INSERT ON {fences} BEGIN INSERT INTO {log} (token) VALUES (NEW.token); END",
+                unique("audit_ins")
+            ),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE ON {fences} BEGIN INSERT INTO {log} (token) VALUES (NEW.token); END",
+                unique("audit_upd")
+            ),
+        ]
     }
 }
