@@ -442,7 +442,7 @@ mod mysql {
             Ok(())
         }
 
-        // No RETURNING on an upsert in MySQL 8 (MariaDB's does not cover ON DUPLICATE KEY), and
+        // No RETURNING in MySQL 8 (MariaDB 10.5+ has it; one form serves both), and
         // the affected-rows count cannot tell "kept an equal token" from "kept a newer one", so
         // the locked row is read back: the upsert holds its exclusive record lock, and a locking
         // read sees the newest committed row even under REPEATABLE READ, where a plain SELECT
