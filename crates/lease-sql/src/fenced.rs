@@ -293,8 +293,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A database [`FenceTable`] works on: [`sqlx::Postgres`], [`sqlx::MySql`] (MySQL 8 and MariaDB)
-/// and [`sqlx::Sqlite`], each behind its cargo feature. Sealed.
+/// A database [`FenceTable`] works on: `sqlx::Postgres`, `sqlx::MySql` (MySQL 8 and MariaDB)
+/// and `sqlx::Sqlite`, each behind its cargo feature. Sealed.
 #[async_trait]
 pub trait FencedDatabase: sqlx::Database + sealed::Sealed {
     /// The backend's name in errors.
