@@ -35,8 +35,10 @@ mod backend;
 mod builder;
 pub mod document;
 mod error;
+mod fenced_store;
 
 pub use backend::{ObjectStoreBackend, ObjectStoreLeases};
 pub use builder::BuildError;
+pub use fenced_store::{FENCING_TOKEN_ATTRIBUTE, FencedStore, FencedStoreError};
 pub use lease_core::*;
 pub use object_store;

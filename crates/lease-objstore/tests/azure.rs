@@ -123,3 +123,33 @@ async fn a_wrong_key_is_fatal_at_once_and_not_shown() {
     assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "{err}");
     assert!(!err.to_string().contains(wrong), "{err}");
 }
+
+// FencedStore (src/fenced_store.rs) on this store: tests/common/fenced.rs.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_a_paused_holder_after_its_successor_wrote() {
+    let Some(server) = server().await else { return };
+    let store = raw_store(server);
+    common::fenced::paused_holder_is_refused_after_its_successor_wrote(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_sixteen_holders_leave_only_increasing_tokens() {
+    let Some(server) = server().await else { return };
+    let store = raw_store(server);
+    common::fenced::sixteen_holders_in_succession_leave_only_increasing_tokens(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_rereads_and_redecides_after_a_concurrent_raw_writer() {
+    let Some(server) = server().await else { return };
+    let store = raw_store(server);
+    common::fenced::concurrent_raw_writer_is_reread_and_redecided(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_what_cannot_be_fenced() {
+    let Some(server) = server().await else { return };
+    let store = raw_store(server);
+    common::fenced::what_cannot_be_fenced_is_refused(store).await;
+}

@@ -275,3 +275,29 @@ async fn listing_reads_the_objects_concurrently() {
         lease.release().await.unwrap();
     }
 }
+
+// FencedStore (src/fenced_store.rs) on this store: tests/common/fenced.rs.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_a_paused_holder_after_its_successor_wrote() {
+    let store = Arc::new(InMemory::new()) as Arc<dyn ObjectStore>;
+    common::fenced::paused_holder_is_refused_after_its_successor_wrote(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_sixteen_holders_leave_only_increasing_tokens() {
+    let store = Arc::new(InMemory::new()) as Arc<dyn ObjectStore>;
+    common::fenced::sixteen_holders_in_succession_leave_only_increasing_tokens(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_rereads_and_redecides_after_a_concurrent_raw_writer() {
+    let store = Arc::new(InMemory::new()) as Arc<dyn ObjectStore>;
+    common::fenced::concurrent_raw_writer_is_reread_and_redecided(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_what_cannot_be_fenced() {
+    let store = Arc::new(InMemory::new()) as Arc<dyn ObjectStore>;
+    common::fenced::what_cannot_be_fenced_is_refused(store).await;
+}

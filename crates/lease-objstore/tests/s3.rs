@@ -150,3 +150,33 @@ async fn wrong_credentials_fail_fast_as_fatal_or_the_server_accepts_them() {
     assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+// FencedStore (src/fenced_store.rs) on this store: tests/common/fenced.rs.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_a_paused_holder_after_its_successor_wrote() {
+    let Some(s3) = server().await else { return };
+    let store = raw_store(s3);
+    common::fenced::paused_holder_is_refused_after_its_successor_wrote(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_sixteen_holders_leave_only_increasing_tokens() {
+    let Some(s3) = server().await else { return };
+    let store = raw_store(s3);
+    common::fenced::sixteen_holders_in_succession_leave_only_increasing_tokens(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_rereads_and_redecides_after_a_concurrent_raw_writer() {
+    let Some(s3) = server().await else { return };
+    let store = raw_store(s3);
+    common::fenced::concurrent_raw_writer_is_reread_and_redecided(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_refuses_what_cannot_be_fenced() {
+    let Some(s3) = server().await else { return };
+    let store = raw_store(s3);
+    common::fenced::what_cannot_be_fenced_is_refused(store).await;
+}

@@ -15,7 +15,7 @@ use sqlx::pool::PoolConnection;
 
 use crate::common::{self, checked_ttl};
 use crate::dialect::{AcquireReply, Connection, Dialect, ListPage, RoundTrips};
-use crate::{SqlOptions, TableName};
+use crate::{FenceTable, SqlOptions, TableName};
 
 /// Rows per statement when listing (each page is one statement; [`Backend::list`] reads pages
 /// until the prefix is exhausted).
@@ -35,6 +35,7 @@ struct Inner<D: Dialect> {
     table: TableName,
     dialect: D,
     trips: RoundTrips,
+    fences: FenceTable,
 }
 
 impl<D: Dialect> Clone for SqlBackend<D> {
@@ -119,20 +120,31 @@ impl<D: Dialect> SqlBackend<D> {
             inner: Arc::new(Inner {
                 pool,
                 dialect: D::new(&options.table),
+                fences: FenceTable::new(options.fence_table),
                 table: options.table,
                 trips: RoundTrips::default(),
             }),
         }
     }
 
-    /// The `CREATE TABLE IF NOT EXISTS` statement [`SqlBackend::migrate`] runs, for teams that
-    /// manage schema with their own migration tool.
+    /// The `CREATE TABLE IF NOT EXISTS` statements [`SqlBackend::migrate`] runs (the lease table,
+    /// then the [`FenceTable`]), separated by `;`, for teams that manage schema with their own
+    /// migration tool.
     pub fn create_table_sql(&self) -> String {
-        self.inner.dialect.create_table_sql().to_owned()
+        format!(
+            "{};\n{}",
+            self.inner.dialect.create_table_sql(),
+            self.inner.fences.create_table_sql::<D::Db>()
+        )
     }
 
-    /// Creates the lease table if it does not exist (idempotent) and checks that it can be used.
-    /// A schema in the table name must exist.
+    /// The fence table for fenced transactions ([`SqlOptions::fence_table`]).
+    pub fn fences(&self) -> &FenceTable {
+        &self.inner.fences
+    }
+
+    /// Creates the lease table and the [`FenceTable`] if they do not exist (idempotent) and checks
+    /// that the lease table can be used. A schema in a table name must exist.
     ///
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend), fatal when the role may not create tables or the
@@ -142,6 +154,10 @@ impl<D: Dialect> SqlBackend<D> {
         let mut conn = self.conn("migrate").await?;
         dialect
             .execute(&mut conn, dialect.create_table_sql(), &self.inner.trips)
+            .await?;
+        let fences = self.inner.fences.create_table_sql::<D::Db>();
+        dialect
+            .execute(&mut conn, &fences, &self.inner.trips)
             .await?;
         dialect.check_table(&mut conn, &self.inner.trips).await
     }

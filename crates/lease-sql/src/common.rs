@@ -166,6 +166,9 @@ pub struct SqlOptions {
     /// SQLite only: how long a statement waits for another process's write lock before failing
     /// with a transient error (default 5 s).
     pub busy_timeout: Duration,
+    /// The [`FenceTable`](crate::FenceTable) that `migrate` creates and
+    /// [`SqlBackend::fences`](crate::SqlBackend::fences) returns (default `lease_fences`).
+    pub fence_table: TableName,
 }
 
 impl Default for SqlOptions {
@@ -175,6 +178,7 @@ impl Default for SqlOptions {
             max_connections: 5,
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
+            fence_table: crate::FenceTable::default().table().clone(),
         }
     }
 }
@@ -198,6 +202,13 @@ impl SqlOptions {
     #[must_use]
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets the fence table.
+    #[must_use]
+    pub fn with_fence_table(mut self, table: TableName) -> Self {
+        self.fence_table = table;
         self
     }
 

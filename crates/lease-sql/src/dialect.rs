@@ -80,7 +80,7 @@ pub type Renewed = HashMap<(String, String), i64>;
 #[async_trait]
 pub trait Dialect: sealed::Sealed + Send + Sync + Sized + 'static {
     /// The sqlx database.
-    type Db: sqlx::Database + sqlx::database::HasStatementCache;
+    type Db: sqlx::Database + sqlx::database::HasStatementCache + crate::FencedDatabase;
 
     /// The backend's name in errors and tracing spans.
     const NAME: &'static str;

@@ -44,6 +44,7 @@ mod backend;
 mod common;
 mod connect;
 pub mod dialect;
+mod fenced;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
@@ -54,6 +55,7 @@ mod sqlite;
 pub use backend::SqlBackend;
 pub use common::{SqlOptions, TableName};
 pub use connect::{AnySqlBackend, connect, connect_with};
+pub use fenced::{FenceError, FenceTable, FencedDatabase};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlBackend, MySqlDialect};
 #[cfg(feature = "postgres")]

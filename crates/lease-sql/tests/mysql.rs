@@ -3,6 +3,8 @@
 #![cfg(feature = "mysql")]
 
 mod support;
+#[macro_use]
+mod fenced;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -733,4 +735,9 @@ async fn connect_picks_the_dialect_from_the_url() {
         .unwrap()
         .unwrap();
     assert_eq!(record.fencing.get(), 2, "both URLs reached the same table");
+}
+
+/// Fenced transactions on this database (`tests/fenced/mod.rs`).
+mod fenced_transactions {
+    fenced_tests!(mysql);
 }

@@ -3,6 +3,8 @@
 #![cfg(feature = "postgres")]
 
 mod support;
+#[macro_use]
+mod fenced;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -560,4 +562,9 @@ async fn connect_picks_the_dialect_from_the_url() {
         .unwrap()
         .unwrap();
     assert_eq!(record.fencing.get(), 2, "both URLs reached the same table");
+}
+
+/// Fenced transactions on this database (`tests/fenced/mod.rs`).
+mod fenced_transactions {
+    fenced_tests!(postgres);
 }

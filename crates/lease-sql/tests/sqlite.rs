@@ -3,6 +3,8 @@
 #![cfg(feature = "sqlite")]
 
 mod support;
+#[macro_use]
+mod fenced;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -370,4 +372,9 @@ async fn connect_picks_the_dialect_from_the_url() {
         assert!(shown.contains(says), "{url}: {shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
+}
+
+/// Fenced transactions on this database (`tests/fenced/mod.rs`).
+mod fenced_transactions {
+    fenced_tests!(sqlite);
 }

@@ -2,6 +2,8 @@
 //! store (16 racers, killed-holder takeover, garbage objects).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fenced;
+
 use std::sync::Arc;
 use std::time::Duration;
 
