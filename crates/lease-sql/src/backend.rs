@@ -118,7 +118,7 @@ impl<D: Dialect> SqlBackend<D> {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                dialect: D::new(&options.table),
+                dialect: D::from_options(&options),
                 table: options.table,
                 trips: RoundTrips::default(),
             }),

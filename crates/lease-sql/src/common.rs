@@ -166,6 +166,9 @@ pub struct SqlOptions {
     /// SQLite only: how long a statement waits for another process's write lock before failing
     /// with a transient error (default 5 s).
     pub busy_timeout: Duration,
+    /// PostgreSQL only: the connection pooler in front of the server (default: none); see
+    /// [`Pooler`](crate::Pooler).
+    pub pooler: crate::Pooler,
 }
 
 impl Default for SqlOptions {
@@ -175,6 +178,7 @@ impl Default for SqlOptions {
             max_connections: 5,
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
+            pooler: crate::Pooler::none(),
         }
     }
 }
@@ -198,6 +202,13 @@ impl SqlOptions {
     #[must_use]
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets the PostgreSQL connection pooler; see [`Pooler`](crate::Pooler).
+    #[must_use]
+    pub fn with_pooler(mut self, pooler: crate::Pooler) -> Self {
+        self.pooler = pooler;
         self
     }
 

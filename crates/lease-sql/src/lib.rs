@@ -46,6 +46,7 @@ mod connect;
 pub mod dialect;
 #[cfg(feature = "mysql")]
 mod mysql;
+mod pooler;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -56,6 +57,7 @@ pub use common::{SqlOptions, TableName};
 pub use connect::{AnySqlBackend, connect, connect_with};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlBackend, MySqlDialect};
+pub use pooler::Pooler;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresDialect};
 #[cfg(feature = "sqlite")]
