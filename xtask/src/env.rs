@@ -25,6 +25,9 @@ pub(crate) const S3_SECRET_ACCESS_KEY: &str = "LEASE_TEST_S3_SECRET_ACCESS_KEY";
 pub(crate) const S3_REGION: &str = "LEASE_TEST_S3_REGION";
 /// fake-gcs-server endpoint, e.g. `http://127.0.0.1:4443`.
 pub(crate) const GCS_ENDPOINT: &str = "LEASE_TEST_GCS_ENDPOINT";
+/// PgBouncer in transaction pooling mode in front of the PostgreSQL server, e.g.
+/// `postgres://postgres@127.0.0.1:6432/lease_..` (the same database as `LEASE_TEST_POSTGRES_URL`).
+pub(crate) const PGBOUNCER_URL: &str = "LEASE_TEST_PGBOUNCER_URL";
 /// `1`: a backend test whose variable is missing fails instead of skipping. Set by xtask when `CI` is true.
 pub(crate) const REQUIRE: &str = "LEASE_TEST_REQUIRE";
 
@@ -86,6 +89,10 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: GCS_ENDPOINT,
         server: Some(Server::Gcs),
+    },
+    EnvVar {
+        name: PGBOUNCER_URL,
+        server: Some(Server::Pgbouncer),
     },
     EnvVar {
         name: REQUIRE,
