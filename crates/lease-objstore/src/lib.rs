@@ -40,3 +40,8 @@ pub use backend::{ObjectStoreBackend, ObjectStoreLeases};
 pub use builder::BuildError;
 pub use lease_core::*;
 pub use object_store;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -67,3 +67,8 @@ pub use lease_core::*;
 
 /// The `sqlx` this crate is built on, for building pools passed to `from_pool`.
 pub use sqlx;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
