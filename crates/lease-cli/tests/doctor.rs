@@ -13,6 +13,9 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 const UNAVAILABLE: i32 = 69;
+
+/// The fake store's objects: path → (version, body).
+type Objects = Mutex<HashMap<String, (u64, Vec<u8>)>>;
 const CONFIG: i32 = 78;
 
 fn server(var: &str) -> Option<String> {
@@ -173,7 +176,7 @@ fn a_missing_bucket_fails_the_first_read() {
 fn start_unconditional_s3() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let objects: Arc<Mutex<HashMap<String, (u64, Vec<u8>)>>> = Arc::default();
+    let objects: Arc<Objects> = Arc::default();
     std::thread::spawn(move || {
         let mut version = 0u64;
         for stream in listener.incoming() {
@@ -185,11 +188,7 @@ fn start_unconditional_s3() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-fn serve_one(
-    stream: TcpStream,
-    objects: &Mutex<HashMap<String, (u64, Vec<u8>)>>,
-    version: u64,
-) -> std::io::Result<()> {
+fn serve_one(stream: TcpStream, objects: &Objects, version: u64) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
