@@ -1,7 +1,8 @@
 //! `cargo xtask`: the lease workspace's test rig.
 //!
 //! Subcommands:
-//! - `services up|down|status|env`: local test servers (PostgreSQL, MariaDB, Azurite, moto, fake-gcs-server),
+//! - `services up|down|status|env`: local test servers (PostgreSQL, MariaDB, Azurite, moto, fake-gcs-server,
+//!   PgBouncer),
 //! - `conformance`: every backend's suite against its servers, as a table,
 //! - `test`: fmt + clippy + workspace tests + doc tests + package + deny + conformance, with a summary,
 //! - `bench`: backend benchmarks with their servers up,
@@ -72,7 +73,7 @@ enum Command {
 enum ServicesAction {
     /// Start (or reuse) every local server and record them under target/rig/.
     Up {
-        /// Only these servers (comma separated: postgres,mysql,sqlite,azurite,s3,gcs).
+        /// Only these servers (comma separated: postgres,mysql,sqlite,azurite,s3,gcs,pgbouncer).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -19,6 +19,10 @@
 //! | [`MySqlBackend`] | `mysql` | `UTC_TIMESTAMP(6)` | polling |
 //! | [`SqliteBackend`] | `sqlite` (default) | `julianday('now')` | polling |
 //!
+//! Behind PgBouncer in transaction mode, set [`Pooler::transaction`] (or
+//! [`Pooler::transaction_listening_on`] to keep `LISTEN` wake-ups) with
+//! [`SqlOptions::with_pooler`].
+//!
 //! See `docs/backends/sql.md` for the schema, every statement, the clock model and how to fence a
 //! table with the token.
 //!
