@@ -92,7 +92,13 @@ pub(crate) const BACKENDS: &[Backend] = &[
         test: None,
         bench: None,
         needs: &[Server::Sqlite],
-        optional: &[Server::Postgres, Server::Mysql, Server::Azurite, Server::S3],
+        optional: &[
+            Server::Postgres,
+            Server::Mysql,
+            Server::Azurite,
+            Server::S3,
+            Server::Pgbouncer,
+        ],
     },
     Backend {
         name: "azure",

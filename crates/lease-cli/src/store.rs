@@ -713,15 +713,31 @@ mod sql {
         )))
     }
 
+    /// `?pooler=transaction` in a `postgres://` URL: the server is behind PgBouncer (or
+    /// another pooler) in transaction mode (docs/backends/sql.md). sqlx ignores the parameter.
+    pub(super) fn transaction_pooler(raw: &str) -> bool {
+        raw.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split(['&', '#'])
+                .any(|pair| pair.eq_ignore_ascii_case("pooler=transaction"))
+        })
+    }
+
     pub(super) async fn postgres(
         url: &StoreUrl,
         access: Access,
     ) -> Result<Arc<dyn Backend>, CliError> {
         use sqlx::postgres::{PgConnectOptions, PgConnection};
+        let options = if transaction_pooler(url.raw()) {
+            // Waiters poll (LISTEN needs a session); `lease` polls every half second anyway.
+            options().with_pooler(lease_sql::Pooler::transaction())
+        } else {
+            options()
+        };
         let backend = connect_reporting_cause::<PgConnection, _>(
             url,
             PgConnectOptions::from_str(url.raw()),
-            lease_sql::PostgresBackend::connect_with(url.raw(), options()),
+            lease_sql::PostgresBackend::connect_with(url.raw(), options),
         )
         .await?;
         migrate(url, access, || backend.migrate()).await?;
@@ -754,6 +770,23 @@ mod sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooler_transaction_in_a_postgres_url_turns_on_transaction_pooling() {
+        assert!(sql::transaction_pooler(
+            "postgres://app@pgbouncer:6432/ops?sslmode=require&pooler=transaction"
+        ));
+        assert!(sql::transaction_pooler(
+            "postgres://app@pgbouncer:6432/ops?pooler=transaction"
+        ));
+        assert!(!sql::transaction_pooler("postgres://app@db:5432/ops"));
+        assert!(!sql::transaction_pooler(
+            "postgres://app@db/ops?pooler=session"
+        ));
+        assert!(!sql::transaction_pooler(
+            "postgres://pooler=transaction@db/ops"
+        ));
+    }
 
     #[test]
     fn an_s3_store_without_credentials_says_so_instead_of_the_metadata_probe() {

@@ -81,6 +81,23 @@ fn a_good_postgres_is_fit_for_leases() {
     );
 }
 
+/// Through PgBouncer in transaction mode, `?pooler=transaction` makes the store usable: the lease
+/// statements run without session state.
+#[test]
+fn postgres_behind_pgbouncer_with_pooler_transaction_is_fit_for_leases() {
+    let Some(url) = server("LEASE_TEST_PGBOUNCER_URL") else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let (out, report) = doctor(&format!("{url}{separator}pooler=transaction"), None);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        line(&report, "exclusion, fencing").contains("token 2 > 1"),
+        "{report}"
+    );
+    assert!(line(&report, "wake-ups").contains("poll"), "{report}");
+}
+
 #[test]
 fn a_stopped_server_fails_to_connect() {
     // A port nobody listens on: bound, then closed.
