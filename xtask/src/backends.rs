@@ -52,6 +52,18 @@ pub(crate) const BACKENDS: &[Backend] = &[
         needs: &[Server::Postgres],
         optional: &[],
     },
+    // The PostgreSQL kit through PgBouncer in transaction mode (waiters LISTEN on the direct
+    // PostgreSQL URL).
+    Backend {
+        name: "postgres-pgbouncer",
+        package: "lease-sql",
+        no_default_features: true,
+        features: &["postgres"],
+        test: Some("pgbouncer"),
+        bench: None,
+        needs: &[Server::Postgres, Server::Pgbouncer],
+        optional: &[],
+    },
     Backend {
         name: "mysql",
         package: "lease-sql",
@@ -86,6 +98,7 @@ pub(crate) const BACKENDS: &[Backend] = &[
             Server::Azurite,
             Server::S3,
             Server::Redis,
+            Server::Pgbouncer,
         ],
     },
     Backend {

@@ -89,7 +89,7 @@ pub(crate) fn start(server: Server) -> Result<(Box<dyn Any>, Endpoint)> {
                 .var(env::S3_REGION, env::DEFAULT_S3_REGION);
             Ok((Box::new(c), ep))
         }
-        Server::Sqlite | Server::Gcs | Server::Redis => {
+        Server::Sqlite | Server::Gcs | Server::Redis | Server::Pgbouncer => {
             anyhow::bail!("no container for {}", server.name())
         }
     }

@@ -30,6 +30,9 @@ pub(crate) const REDIS_URL: &str = "LEASE_TEST_REDIS_URL";
 /// The `redis-server` program the rig, the torture and the Redis tests start servers from
 /// (default: the one on the `PATH`).
 pub(crate) const REDIS_SERVER: &str = "LEASE_TEST_REDIS_SERVER";
+/// PgBouncer in transaction pooling mode in front of the PostgreSQL server, e.g.
+/// `postgres://postgres@127.0.0.1:6432/lease_..` (the same database as `LEASE_TEST_POSTGRES_URL`).
+pub(crate) const PGBOUNCER_URL: &str = "LEASE_TEST_PGBOUNCER_URL";
 /// `1`: a backend test whose variable is missing fails instead of skipping. Set by xtask when `CI` is true.
 pub(crate) const REQUIRE: &str = "LEASE_TEST_REQUIRE";
 
@@ -99,6 +102,10 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: REDIS_SERVER,
         server: None,
+    },
+    EnvVar {
+        name: PGBOUNCER_URL,
+        server: Some(Server::Pgbouncer),
     },
     EnvVar {
         name: REQUIRE,

@@ -1,10 +1,13 @@
 //! `cargo xtask`: the lease workspace's test rig.
 //!
 //! Subcommands:
-//! - `services up|down|status|env`: local test servers (PostgreSQL, MariaDB, Azurite, moto, fake-gcs-server),
+//! - `services up|down|status|env`: local test servers (PostgreSQL, MariaDB, Azurite, moto, fake-gcs-server,
+//!   PgBouncer),
 //! - `conformance`: every backend's suite against its servers, as a table,
-//! - `test`: fmt + clippy + workspace tests + doc tests + conformance, with a summary,
+//! - `test`: fmt + clippy + workspace tests + doc tests + package + deny + conformance, with a summary,
 //! - `bench`: backend benchmarks with their servers up,
+//! - `package`: `cargo package` of every published crate, each built from its tarball,
+//! - `deny`: `cargo deny check licenses bans sources`,
 //! - `torture`: contenders in several processes on every backend, with faults (docs/safety.md).
 //!
 //! See `docs/testing.md` for what it installs and where.
@@ -19,6 +22,7 @@ mod nextest;
 mod ports;
 mod proc;
 mod proxy;
+mod release;
 mod rig;
 mod services;
 mod table;
@@ -54,6 +58,10 @@ enum Command {
     Test(ModeArgs),
     /// Run backend benchmarks (rows that declare a bench target) with their servers up.
     Bench(BenchArgs),
+    /// `cargo package` every published crate and build each from its tarball (cargo's verify step).
+    Package,
+    /// `cargo deny check licenses bans sources`, installing the pinned cargo-deny when missing.
+    Deny,
     /// Contenders in several processes on every backend, with faults; counts violations.
     Torture(torture::TortureArgs),
     /// One torture worker process (started by `torture`).
@@ -65,7 +73,7 @@ enum Command {
 enum ServicesAction {
     /// Start (or reuse) every local server and record them under target/rig/.
     Up {
-        /// Only these servers (comma separated: postgres,mysql,sqlite,azurite,s3,gcs).
+        /// Only these servers (comma separated: postgres,mysql,sqlite,azurite,s3,gcs,pgbouncer).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -132,6 +140,8 @@ fn main() -> ExitCode {
         Command::Conformance(args) => conformance::cmd(&args.backend, args.mode.mode()),
         Command::Test(mode) => testcmd::cmd(mode.mode()),
         Command::Bench(args) => bench::cmd(&args.backend),
+        Command::Package => release::cmd_package(),
+        Command::Deny => release::run_deny(),
         Command::Torture(args) => torture::cmd(&args),
         Command::TortureWorker(args) => torture::worker_main(args),
     };

@@ -173,7 +173,14 @@ impl Rig {
             local.retain(|s| !healthy.contains(s));
         }
         if !local.is_empty() {
-            let instance = services::up_ephemeral(&local)?;
+            // A local PgBouncer fronts the PostgreSQL container when there is one.
+            let postgres_upstream = rig
+                .endpoints
+                .get(&Server::Postgres)
+                .filter(|_| !local.contains(&Server::Postgres))
+                .and_then(|ep| ep.env.iter().find(|(k, _)| k == env::POSTGRES_URL))
+                .map(|(_, v)| v.clone());
+            let instance = services::up_ephemeral(&local, postgres_upstream.as_deref())?;
             for ep in endpoints_of(&instance.state, "local") {
                 rig.endpoints.insert(ep.server, ep);
             }

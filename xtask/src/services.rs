@@ -56,6 +56,8 @@ pub(crate) enum Server {
     Gcs,
     /// `redis-server` (Debian's package), without persistence.
     Redis,
+    /// Debian's PgBouncer in transaction pooling mode, in front of the rig's PostgreSQL.
+    Pgbouncer,
 }
 
 impl Server {
@@ -68,6 +70,7 @@ impl Server {
         Server::S3,
         Server::Gcs,
         Server::Redis,
+        Server::Pgbouncer,
     ];
 
     /// Short name used on the command line.
@@ -80,6 +83,7 @@ impl Server {
             Server::S3 => "s3",
             Server::Gcs => "gcs",
             Server::Redis => "redis",
+            Server::Pgbouncer => "pgbouncer",
         }
     }
 
@@ -93,6 +97,7 @@ impl Server {
             Server::S3 => "moto S3",
             Server::Gcs => "fake-gcs-server",
             Server::Redis => "redis-server",
+            Server::Pgbouncer => "PgBouncer (transaction)",
         }
     }
 
@@ -114,6 +119,7 @@ impl Server {
             Server::S3 => 5000,
             Server::Gcs => 4443,
             Server::Redis => 6379,
+            Server::Pgbouncer => 6432,
         }
     }
 }
@@ -320,14 +326,23 @@ pub(crate) struct Instance {
 
 /// Brings up `wanted` servers as the `session` instance (reusing healthy ones already recorded).
 pub(crate) fn up_session(wanted: &[Server]) -> Result<Instance> {
-    up(&Paths::of_workspace(), SESSION, None, wanted)
+    up(&Paths::of_workspace(), SESSION, None, wanted, None)
 }
 
 /// Brings up `wanted` servers as a new instance owned by this process.
-pub(crate) fn up_ephemeral(wanted: &[Server]) -> Result<Instance> {
+///
+/// `postgres_upstream`: the PostgreSQL URL PgBouncer fronts when PostgreSQL is not among the
+/// servers of this instance (a container's).
+pub(crate) fn up_ephemeral(wanted: &[Server], postgres_upstream: Option<&str>) -> Result<Instance> {
     let run_id = new_run_id();
     let me = ProcId::of(std::process::id(), "xtask").context("cannot read /proc/self")?;
-    up(&Paths::of_workspace(), &run_id.clone(), Some(me), wanted)
+    up(
+        &Paths::of_workspace(),
+        &run_id.clone(),
+        Some(me),
+        wanted,
+        postgres_upstream,
+    )
 }
 
 /// The session instance, if `services up` recorded one.
@@ -335,7 +350,13 @@ pub(crate) fn session() -> Result<Option<State>> {
     load(&Paths::of_workspace(), SESSION)
 }
 
-fn up(paths: &Paths, instance: &str, owner: Option<ProcId>, wanted: &[Server]) -> Result<Instance> {
+fn up(
+    paths: &Paths,
+    instance: &str,
+    owner: Option<ProcId>,
+    wanted: &[Server],
+    postgres_upstream: Option<&str>,
+) -> Result<Instance> {
     let _lock = lock(paths)?;
     clean_stale(paths);
     let mut state = match load(paths, instance)? {
@@ -380,7 +401,20 @@ fn up(paths: &Paths, instance: &str, owner: Option<ProcId>, wanted: &[Server]) -
                     .filter_map(|svc| env::host_port(&svc.url, None).map(|(_, p)| p))
             })
             .collect();
-        let result = start(paths, &state.run_id, &logs, server, &avoid);
+        // PgBouncer fronts this instance's PostgreSQL (started before it: servers start in
+        // `Server` order), or the one given.
+        let upstream = state
+            .get(Server::Postgres)
+            .map(|s| s.url.clone())
+            .or_else(|| postgres_upstream.map(str::to_owned));
+        let result = start(
+            paths,
+            &state.run_id,
+            &logs,
+            server,
+            &avoid,
+            upstream.as_deref(),
+        );
         match result {
             Ok((service, child)) => {
                 eprintln!(
@@ -416,6 +450,7 @@ fn start(
     logs: &Path,
     server: Server,
     avoid: &[u16],
+    postgres_upstream: Option<&str>,
 ) -> Result<(Service, Option<Child>)> {
     if let Some(url) = env::user_value(env::var_for(server)) {
         let service = Service {
@@ -448,6 +483,7 @@ fn start(
         }
         Server::Azurite | Server::S3 | Server::Gcs => start_spawned(paths, logs, server, avoid),
         Server::Redis => start_redis(logs, avoid),
+        Server::Pgbouncer => start_pgbouncer(logs, avoid, postgres_upstream),
     }
 }
 
@@ -602,6 +638,207 @@ fn start_mysql(run_id: &str) -> Result<Service> {
         origin: Origin::System { started },
         database: Some(run_id.to_string()),
     })
+}
+
+/// Runs SQL with `psql` on a connection URL.
+fn psql_url(url: &str, sql: &str) -> Result<String> {
+    let out = proc::run_captured(
+        Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(url)
+            .env("PGCONNECT_TIMEOUT", "3"),
+        DB_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        bail!("psql: {}", out.tail(3));
+    }
+    Ok(out.text.trim().to_string())
+}
+
+/// Debian's `pgbouncer`: on `PATH`, in `/usr/sbin` (not on a normal user's `PATH`), or installed
+/// with `apt-get` when we are root (as CI is), like the rig installs its other tools.
+fn install_pgbouncer() -> Result<PathBuf> {
+    let found = || {
+        if proc::on_path("pgbouncer") {
+            return Some(PathBuf::from("pgbouncer"));
+        }
+        let sbin = PathBuf::from("/usr/sbin/pgbouncer");
+        sbin.exists().then_some(sbin)
+    };
+    if let Some(bin) = found() {
+        return Ok(bin);
+    }
+    if !rustix::process::geteuid().is_root() || !proc::on_path("apt-get") {
+        bail!("pgbouncer is not installed (apt-get install pgbouncer)");
+    }
+    eprint!("(apt-get install pgbouncer) ");
+    for args in [
+        &["update", "-qq"][..],
+        &[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "pgbouncer",
+        ][..],
+    ] {
+        let out = proc::run_captured(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            INSTALL_TIMEOUT,
+        )?;
+        if !out.status.success() {
+            bail!("apt-get {} failed: {}", args.join(" "), out.tail(3));
+        }
+    }
+    found().context("apt-get installed pgbouncer but it is not in /usr/sbin")
+}
+
+/// The parts of a `postgres://user[:password]@host[:port]/database` URL PgBouncer needs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PgTarget {
+    user: String,
+    password: Option<String>,
+    host: String,
+    port: u16,
+    database: String,
+}
+
+impl PgTarget {
+    pub(crate) fn parse(url: &str) -> Option<Self> {
+        let rest = url.split_once("://")?.1;
+        let (authority, path) = rest.split_once('/')?;
+        let database = path.split(['?', '#']).next()?.to_string();
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u.to_string(), Some(p.to_string())),
+            None => (userinfo.to_string(), None),
+        };
+        let (host, port) = env::host_port(url, Some(5432))?;
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        };
+        // Only what can go into pgbouncer.ini unquoted (the rig's own names are like that).
+        if !plain(&user) || !plain(&database) || !plain(&host) {
+            return None;
+        }
+        if password.as_deref().is_some_and(|p| !plain(p)) {
+            return None;
+        }
+        Some(Self {
+            user,
+            password,
+            host,
+            port,
+            database,
+        })
+    }
+
+    /// `pgbouncer.ini` for transaction pooling in front of this server, listening on `port`.
+    pub(crate) fn ini(&self, port: u16, auth_file: &Path) -> String {
+        let password = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" password={p}"));
+        format!(
+            "[databases]\n\
+             * = host={host} port={upstream} user={user}{password}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {auth}\n\
+             pool_mode = transaction\n\
+             max_client_conn = 500\n\
+             default_pool_size = 20\n\
+             ignore_startup_parameters = extra_float_digits,options,search_path\n",
+            host = self.host,
+            upstream = self.port,
+            user = self.user,
+            auth = auth_file.display(),
+        )
+    }
+}
+
+/// Starts PgBouncer in transaction mode in front of `upstream` (a PostgreSQL URL), on a free
+/// port; its URL names the same database.
+fn start_pgbouncer(
+    logs: &Path,
+    avoid: &[u16],
+    upstream: Option<&str>,
+) -> Result<(Service, Option<Child>)> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let upstream = upstream.context("PgBouncer fronts the rig's PostgreSQL, which is not up")?;
+    let target = PgTarget::parse(upstream)
+        .context("PgBouncer needs a PostgreSQL URL with a user and a database")?;
+    let program = install_pgbouncer()?;
+    let dir = logs.join("pgbouncer");
+    fs::create_dir_all(&dir)?;
+    // pgbouncer refuses to run as root: it then drops to `postgres`, which must read its files.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    let auth_file = dir.join("users.txt");
+    fs::write(&auth_file, format!("\"{}\" \"\"\n", target.user))?;
+    let mut avoid = avoid.to_vec();
+    let mut last_err = None;
+    for _ in 0..3 {
+        let port = ports::choose(Server::Pgbouncer.default_port(), &avoid)?;
+        avoid.push(port);
+        let ini = dir.join("pgbouncer.ini");
+        fs::write(&ini, target.ini(port, &auth_file))?;
+        for file in [&ini, &auth_file] {
+            fs::set_permissions(file, fs::Permissions::from_mode(0o644))?;
+        }
+        let log_path = logs.join("pgbouncer.log");
+        let log = File::create(&log_path)?;
+        let mut cmd = Command::new(&program);
+        if rustix::process::geteuid().is_root() {
+            cmd.args(["-u", "postgres"]);
+        }
+        let mut child = cmd
+            .arg(&ini)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let id = ProcId::of(child.id(), "pgbouncer").context("pgbouncer vanished at once")?;
+        let url = format!(
+            "postgres://{}@127.0.0.1:{port}/{}",
+            target.user, target.database
+        );
+        let ready = wait_until(START_TIMEOUT, || {
+            if let Some(status) = child.try_wait()? {
+                bail!("pgbouncer exited ({status})");
+            }
+            psql_url(&url, "select 1").map(drop)
+        });
+        match ready {
+            Ok(()) => {
+                let service = Service {
+                    server: Server::Pgbouncer,
+                    url,
+                    origin: Origin::Spawned { proc: id },
+                    database: None,
+                };
+                return Ok((service, Some(child)));
+            }
+            Err(e) => {
+                id.stop(Duration::from_secs(3));
+                let _ = child.wait();
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(2).collect();
+                last_err = Some(e.context(tail.join(" | ")));
+            }
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
 }
 
 /// Installs Azurite into `target/rig/npm` unless already there; returns the `azurite-blob` path.
@@ -1023,6 +1260,14 @@ pub(crate) fn probe(service: &Service) -> Result<String, String> {
                     .map_err(|e| format!("{e:#}")),
             }
         }
+        Server::Pgbouncer => {
+            let (host, port) = env::host_port(&service.url, Some(6432))
+                .ok_or_else(|| format!("cannot parse {}", service.url))?;
+            proc::tcp_connect(&host, port, PROBE_TIMEOUT).map_err(|e| format!("{e:#}"))?;
+            psql_url(&service.url, "select 1")
+                .map(|_| "select 1".into())
+                .map_err(|e| format!("{e:#}"))
+        }
         Server::Azurite | Server::S3 | Server::Gcs => {
             let (host, port) = env::host_port(&service.url, None)
                 .ok_or_else(|| format!("cannot parse {}", service.url))?;
@@ -1317,6 +1562,28 @@ mod tests {
     }
 
     #[test]
+    fn pgbouncer_fronts_the_url_it_is_given() {
+        let t = PgTarget::parse("postgres://postgres@127.0.0.1:5432/lease_1_2").unwrap();
+        let ini = t.ini(6433, Path::new("/r/users.txt"));
+        assert!(
+            ini.contains("* = host=127.0.0.1 port=5432 user=postgres\n"),
+            "{ini}"
+        );
+        assert!(ini.contains("pool_mode = transaction"));
+        assert!(ini.contains("listen_port = 6433"));
+        assert!(ini.contains("listen_addr = 127.0.0.1"));
+        let c = PgTarget::parse("postgres://postgres:postgres@localhost:49153/postgres").unwrap();
+        assert!(
+            c.ini(1, Path::new("u"))
+                .contains("port=49153 user=postgres password=postgres")
+        );
+        // Anything that would need quoting in pgbouncer.ini is refused.
+        assert_eq!(PgTarget::parse("postgres://a b@h/db"), None);
+        assert_eq!(PgTarget::parse("postgres://u:p;w@h/db"), None);
+        assert_eq!(PgTarget::parse("postgres://h/db"), None);
+    }
+
+    #[test]
     fn quoting() {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
@@ -1374,7 +1641,7 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         let paths = Paths { root: root.clone() };
         let me = ProcId::of(std::process::id(), "xtask").unwrap();
-        let instance = up(&paths, "lease_test_1", Some(me), &[Server::Sqlite]).unwrap();
+        let instance = up(&paths, "lease_test_1", Some(me), &[Server::Sqlite], None).unwrap();
         let dir = PathBuf::from(&instance.state.get(Server::Sqlite).unwrap().url);
         assert!(dir.is_dir() && dir.starts_with(&root));
         assert!(paths.state_file("lease_test_1").exists());

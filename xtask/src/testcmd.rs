@@ -134,6 +134,22 @@ fn torture_step(rig: &Rig, extra: &[&str]) -> Step {
     }
 }
 
+/// `cargo deny check licenses bans sources` (release.rs says why not advisories).
+fn deny_step() -> Step {
+    let started = Instant::now();
+    let result = match crate::release::run_deny() {
+        Ok(true) => StepResult::Ok,
+        Ok(false) => StepResult::Failed("see its report".into()),
+        Err(e) => StepResult::Failed(format!("{e:#}")),
+    };
+    Step {
+        name: format!("deny ({})", crate::release::DENY_CHECKS.join(", ")),
+        result,
+        counts: None,
+        duration: started.elapsed(),
+    }
+}
+
 fn render(steps: &[Step], ci: bool) -> String {
     let mut t = Table::new(["step", "result", "tests", "time"]);
     for s in steps {
@@ -226,6 +242,14 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
             &["test", "--workspace", "--doc"],
             Some(nextest::parse_libtest_results),
         ),
+        // Manifests, READMEs and file lists of the published crates; `cargo xtask package` (run
+        // by the hosted workflow) also builds each from its tarball.
+        cargo_step(
+            "package (no verify)",
+            &crate::release::package_args(false),
+            None,
+        ),
+        deny_step(),
     ];
 
     // Servers: every local one (so the rig itself is exercised on every run), or in containers mode

@@ -64,3 +64,8 @@ pub use lease_core::*;
 pub use azure_core;
 /// The Azure Blob SDK crate, for [`AzureBlobBackend::container_client`].
 pub use azure_storage_blob;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod admin;
 mod demo;
+mod doctor;
 mod duration;
 mod exec;
 mod exit;
@@ -19,6 +20,7 @@ mod fuzz_inputs;
 mod output;
 mod signals;
 mod store;
+mod tooling;
 mod waiting;
 mod watchdog;
 
@@ -41,7 +43,13 @@ use crate::store::{Access, StoreUrl};
 /// Without --store or LEASE_STORE, leases live in a SQLite file in your state directory
 /// ($XDG_STATE_HOME/lease/leases.db, else ~/.local/state/lease/leases.db).
 #[derive(Parser, Debug)]
-#[command(name = "lease", version, after_help = exit::TABLE, max_term_width = 100)]
+#[command(
+    name = "lease",
+    version,
+    long_version = tooling::LONG_VERSION,
+    after_help = exit::TABLE,
+    max_term_width = 100
+)]
 struct Cli {
     /// Where leases are stored (passwords and keys in it are never printed).
     #[arg(
@@ -88,6 +96,17 @@ enum Command {
     Break(BreakArgs),
     /// Several contenders in this process take turns on one lease: a first look.
     Demo(DemoArgs),
+    /// Check a store end to end before relying on it: reach, login, table or bucket, that
+    /// conditional writes are really honoured, the clock model, round-trip times.
+    ///
+    /// Writes only under the lease name prefix `lease-doctor/` (SQL: creates the lease table if it
+    /// is missing). Exits 0 when the store is fit for leases, else with the code of the first
+    /// failed check.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script: `lease completions bash > /etc/bash_completion.d/lease`.
+    Completions(tooling::CompletionsArgs),
+    /// Print the man page (roff): `lease man > ~/.local/share/man/man1/lease.1`.
+    Man,
 }
 
 /// Options of the lease itself.
@@ -339,10 +358,21 @@ fn one_line_usage(rendered: &str) -> String {
         .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"));
     let first = lines.next().unwrap_or("invalid arguments");
     let mut text = first.strip_prefix("error: ").unwrap_or(first).to_owned();
-    let rest: Vec<&str> = lines.collect();
+    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("tip:")).collect();
     if !rest.is_empty() {
         text.push(' ');
         text.push_str(&rest.join(", "));
+    }
+    // clap's suggestions come after a blank line: "tip: a similar subcommand exists: 'exec'".
+    for tip in rendered
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("tip: "))
+    {
+        match tip.rsplit_once("exists: ") {
+            Some((_, similar)) => text.push_str(&format!("; did you mean {similar}?")),
+            None => text.push_str(&format!("; {tip}")),
+        }
     }
     text
 }
@@ -366,7 +396,7 @@ fn precheck(command: &Command) -> Result<(), CliError> {
         Command::Status(StatusArgs { name, .. })
         | Command::Watch(WatchArgs { name, .. })
         | Command::Break(BreakArgs { name, .. }) => checked_name(name).map(drop),
-        Command::List(_) => Ok(()),
+        Command::List(_) | Command::Doctor(_) | Command::Completions(_) | Command::Man => Ok(()),
     }
 }
 
@@ -377,6 +407,9 @@ async fn run(cli: Cli, url: &StoreUrl, store_env: exec::ChildStoreEnv) -> Result
     }
     let access = match cli.command {
         Command::Status(_) | Command::Watch(_) | Command::List(_) => Access::ReadOnly,
+        // Doctor connects step by step itself, timing each.
+        Command::Doctor(args) => return doctor::run(url, &args).await,
+        Command::Completions(_) | Command::Man => return Ok(exit::OK),
         _ => Access::ReadWrite,
     };
     let backend = store::connect(url, access).await?;
@@ -441,6 +474,8 @@ async fn run(cli: Cli, url: &StoreUrl, store_env: exec::ChildStoreEnv) -> Result
             };
             demo.run().await
         }
+        // Answered before connecting (above, and in main).
+        Command::Doctor(_) | Command::Completions(_) | Command::Man => Ok(exit::OK),
     }
 }
 
@@ -504,6 +539,12 @@ fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     init_tracing(cli.verbose);
+    // Generated from the clap definitions; they need no store.
+    match &cli.command {
+        Command::Completions(args) => return ExitCode::from(tooling::completions(args.shell)),
+        Command::Man => return ExitCode::from(tooling::man()),
+        _ => {}
+    }
     let url = match cli
         .store
         .clone()
@@ -533,6 +574,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            // Missing AWS credentials are a configuration error, whatever the probe said.
+            let e = match store::explain_missing_aws_credentials(&url, &e.message, |var| {
+                std::env::var_os(var).is_some_and(|v| !v.is_empty())
+            }) {
+                Some(message) => CliError::new(exit::CONFIG, message),
+                None => e,
+            };
             // An empty message: the error was already said, or stdout was closed (quiet, as cat).
             if !e.message.is_empty() {
                 say!("lease: {}", url.scrub(&exit::strip_locations(&e.message)));

@@ -8,7 +8,7 @@ use lease_core::{Backend, MemoryBackend};
 use crate::exit::{self, CliError};
 
 /// The schemes `lease` understands, for messages.
-const KNOWN_SCHEMES: &str =
+pub(crate) const KNOWN_SCHEMES: &str =
     "sqlite, postgres, mysql, memory, azblob, s3, gs, az, file, redis, rediss, redis+unix";
 
 /// What a store URL names.
@@ -434,19 +434,64 @@ pub(crate) async fn connect(url: &StoreUrl, access: Access) -> Result<Arc<dyn Ba
 /// `lease-objstore`, with credentials and endpoint from the environment as object_store reads
 /// them (`AWS_*`, `GOOGLE_*`, `AZURE_*`; see docs/backends/objstore.md).
 fn objstore(url: &StoreUrl) -> Result<Arc<dyn Backend>, CliError> {
-    let backend =
-        lease_objstore::ObjectStoreBackend::from_url(url.raw(), [("", ""); 0]).map_err(|e| {
-            let code = match e {
-                lease_objstore::BuildError::InvalidUrl { .. }
-                | lease_objstore::BuildError::Unsupported(_) => exit::USAGE,
-                _ => exit::CONFIG,
-            };
-            CliError::new(
-                code,
-                url.scrub(&format!("cannot use store {}: {e}", url.redacted())),
-            )
-        })?;
-    Ok(Arc::new(backend))
+    Ok(Arc::new(objstore_backend(url)?))
+}
+
+/// The object-store backend of an `s3://`, `gs://` or `az://` URL (`lease doctor` also probes
+/// its store directly).
+pub(crate) fn objstore_backend(
+    url: &StoreUrl,
+) -> Result<lease_objstore::ObjectStoreBackend, CliError> {
+    lease_objstore::ObjectStoreBackend::from_url(url.raw(), [("", ""); 0]).map_err(|e| {
+        let code = match e {
+            lease_objstore::BuildError::InvalidUrl { .. }
+            | lease_objstore::BuildError::Unsupported(_) => exit::USAGE,
+            _ => exit::CONFIG,
+        };
+        CliError::new(
+            code,
+            url.scrub(&format!("cannot use store {}: {e}", url.redacted())),
+        )
+    })
+}
+
+/// The variables object_store takes AWS credentials from, before it falls back to the EC2
+/// instance metadata service (it reads neither `~/.aws/credentials` nor `AWS_PROFILE`).
+const AWS_CREDENTIAL_SOURCES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SKIP_SIGNATURE",
+];
+
+/// For an `s3://` store with no AWS credentials anywhere object_store looks, its last resort —
+/// the EC2 instance metadata service at 169.254.169.254 — fails with a message about that
+/// service that says nothing useful off EC2. This says what is missing and where credentials are
+/// looked for instead. `None` for any other message, scheme, or when credentials were given.
+pub(crate) fn explain_missing_aws_credentials(
+    url: &StoreUrl,
+    message: &str,
+    is_set: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let metadata_failure = message.contains("169.254.169.254")
+        || message.contains("/latest/api/token")
+        || message.contains("/latest/meta-data");
+    let in_url = url.raw().contains("access_key_id=");
+    if url.scheme() != "s3"
+        || !metadata_failure
+        || in_url
+        || AWS_CREDENTIAL_SOURCES.iter().any(|v| is_set(v))
+    {
+        return None;
+    }
+    Some(format!(
+        "no AWS credentials found for {}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+         AWS_SESSION_TOKEN for temporary ones), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; \
+         ECS task credentials and the EC2 instance metadata service are tried last, and the \
+         metadata service gave none here (~/.aws/credentials and AWS_PROFILE are not read)",
+        url.redacted()
+    ))
 }
 
 /// `azblob://ACCOUNT/CONTAINER[/PREFIX]`, credentials from the environment as the Azure CLI reads
@@ -709,15 +754,31 @@ mod sql {
         )))
     }
 
+    /// `?pooler=transaction` in a `postgres://` URL: the server is behind PgBouncer (or
+    /// another pooler) in transaction mode (docs/backends/sql.md). sqlx ignores the parameter.
+    pub(super) fn transaction_pooler(raw: &str) -> bool {
+        raw.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split(['&', '#'])
+                .any(|pair| pair.eq_ignore_ascii_case("pooler=transaction"))
+        })
+    }
+
     pub(super) async fn postgres(
         url: &StoreUrl,
         access: Access,
     ) -> Result<Arc<dyn Backend>, CliError> {
         use sqlx::postgres::{PgConnectOptions, PgConnection};
+        let options = if transaction_pooler(url.raw()) {
+            // Waiters poll (LISTEN needs a session); `lease` polls every half second anyway.
+            options().with_pooler(lease_sql::Pooler::transaction())
+        } else {
+            options()
+        };
         let backend = connect_reporting_cause::<PgConnection, _>(
             url,
             PgConnectOptions::from_str(url.raw()),
-            lease_sql::PostgresBackend::connect_with(url.raw(), options()),
+            lease_sql::PostgresBackend::connect_with(url.raw(), options),
         )
         .await?;
         migrate(url, access, || backend.migrate()).await?;
@@ -750,6 +811,53 @@ mod sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooler_transaction_in_a_postgres_url_turns_on_transaction_pooling() {
+        assert!(sql::transaction_pooler(
+            "postgres://app@pgbouncer:6432/ops?sslmode=require&pooler=transaction"
+        ));
+        assert!(sql::transaction_pooler(
+            "postgres://app@pgbouncer:6432/ops?pooler=transaction"
+        ));
+        assert!(!sql::transaction_pooler("postgres://app@db:5432/ops"));
+        assert!(!sql::transaction_pooler(
+            "postgres://app@db/ops?pooler=session"
+        ));
+        assert!(!sql::transaction_pooler(
+            "postgres://pooler=transaction@db/ops"
+        ));
+    }
+
+    #[test]
+    fn an_s3_store_without_credentials_says_so_instead_of_the_metadata_probe() {
+        let probe = "s3 backend: Generic S3 error: Error performing PUT \
+                     http://169.254.169.254/latest/api/token in 29ms - Server returned non-2xx \
+                     status code: 403 Forbidden";
+        let s3 = StoreUrl::parse("s3://bucket/leases").unwrap();
+        let none = |_: &str| false;
+        let told = explain_missing_aws_credentials(&s3, probe, none).unwrap();
+        assert!(
+            told.starts_with("no AWS credentials found for s3://bucket/leases"),
+            "{told}"
+        );
+        assert!(
+            told.contains("AWS_ACCESS_KEY_ID") && !told.contains("169.254"),
+            "{told}"
+        );
+        // Credentials in the environment: the real error stays.
+        assert_eq!(
+            explain_missing_aws_credentials(&s3, probe, |v| v == "AWS_ACCESS_KEY_ID"),
+            None
+        );
+        // Other errors and other schemes are left alone.
+        assert_eq!(
+            explain_missing_aws_credentials(&s3, "NoSuchBucket", none),
+            None
+        );
+        let gs = StoreUrl::parse("gs://bucket/leases").unwrap();
+        assert_eq!(explain_missing_aws_credentials(&gs, probe, none), None);
+    }
 
     fn parse(text: &str) -> Store {
         StoreUrl::parse(text)

@@ -73,3 +73,8 @@ pub use token::{FencingToken, HolderMetadata, HolderToken};
 /// Re-exported so backends and users name the same types.
 pub use async_trait::async_trait;
 pub use tokio_util::sync::CancellationToken;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

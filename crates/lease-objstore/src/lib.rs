@@ -42,3 +42,8 @@ pub use builder::BuildError;
 pub use fenced_store::{FENCING_TOKEN_ATTRIBUTE, FencedStore, FencedStoreError};
 pub use lease_core::*;
 pub use object_store;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

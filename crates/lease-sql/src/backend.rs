@@ -119,7 +119,7 @@ impl<D: Dialect> SqlBackend<D> {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                dialect: D::new(&options.table),
+                dialect: D::from_options(&options),
                 fences: FenceTable::new(options.fence_table),
                 table: options.table,
                 trips: RoundTrips::default(),

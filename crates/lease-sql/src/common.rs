@@ -169,6 +169,9 @@ pub struct SqlOptions {
     /// The [`FenceTable`](crate::FenceTable) that `migrate` creates and
     /// [`SqlBackend::fences`](crate::SqlBackend::fences) returns (default `lease_fences`).
     pub fence_table: TableName,
+    /// PostgreSQL only: the connection pooler in front of the server (default: none); see
+    /// [`Pooler`](crate::Pooler).
+    pub pooler: crate::Pooler,
 }
 
 impl Default for SqlOptions {
@@ -179,6 +182,7 @@ impl Default for SqlOptions {
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             fence_table: crate::FenceTable::default().table().clone(),
+            pooler: crate::Pooler::none(),
         }
     }
 }
@@ -209,6 +213,10 @@ impl SqlOptions {
     #[must_use]
     pub fn with_fence_table(mut self, table: TableName) -> Self {
         self.fence_table = table;
+    /// Sets the PostgreSQL connection pooler; see [`Pooler`](crate::Pooler).
+    #[must_use]
+    pub fn with_pooler(mut self, pooler: crate::Pooler) -> Self {
+        self.pooler = pooler;
         self
     }
 

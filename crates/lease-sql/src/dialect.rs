@@ -91,6 +91,12 @@ pub trait Dialect: sealed::Sealed + Send + Sync + Sized + 'static {
     /// Builds the statements for `table`.
     fn new(table: &TableName) -> Self;
 
+    /// The statements for `options.table`, with whatever else of `options` the dialect uses
+    /// (PostgreSQL: the [`Pooler`](crate::Pooler)). The default is [`Dialect::new`].
+    fn from_options(options: &SqlOptions) -> Self {
+        Self::new(&options.table)
+    }
+
     /// What the backend supports.
     fn capabilities(&self) -> Capabilities;
 

@@ -19,6 +19,10 @@
 //! | [`MySqlBackend`] | `mysql` | `UTC_TIMESTAMP(6)` | polling |
 //! | [`SqliteBackend`] | `sqlite` (default) | `julianday('now')` | polling |
 //!
+//! Behind PgBouncer in transaction mode, set [`Pooler::transaction`] (or
+//! [`Pooler::transaction_listening_on`] to keep `LISTEN` wake-ups) with
+//! [`SqlOptions::with_pooler`].
+//!
 //! See `docs/backends/sql.md` for the schema, every statement, the clock model and how to fence a
 //! table with the token.
 //!
@@ -47,6 +51,7 @@ pub mod dialect;
 mod fenced;
 #[cfg(feature = "mysql")]
 mod mysql;
+mod pooler;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -58,6 +63,7 @@ pub use connect::{AnySqlBackend, connect, connect_with};
 pub use fenced::{FenceError, FenceTable, FencedDatabase};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlBackend, MySqlDialect};
+pub use pooler::Pooler;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresDialect};
 #[cfg(feature = "sqlite")]
@@ -67,3 +73,8 @@ pub use lease_core::*;
 
 /// The `sqlx` this crate is built on, for building pools passed to `from_pool`.
 pub use sqlx;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -57,6 +57,10 @@ pub struct PostgresDialect {
     channel: String,
     notifier: Arc<Notifier>,
     listener_task: Mutex<Option<JoinHandle<()>>>,
+    /// Behind a transaction pooler: no cached statements, each one in `BEGIN`/`COMMIT`.
+    pooled: bool,
+    /// Behind a transaction pooler: where `LISTEN` connects (none: waiters poll).
+    listen_direct: Option<PgConnectOptions>,
 }
 
 impl Drop for PostgresDialect {
@@ -214,11 +218,24 @@ impl Dialect for PostgresDialect {
             channel: channel_for(table),
             notifier: Arc::new(Notifier::default()),
             listener_task: Mutex::new(None),
+            pooled: false,
+            listen_direct: None,
         }
     }
 
+    fn from_options(options: &SqlOptions) -> Self {
+        let mut dialect = Self::new(&options.table);
+        dialect.pooled = options.pooler.is_transaction();
+        // `Pooler::transaction_listening_on` parsed it already.
+        dialect.listen_direct = options
+            .pooler
+            .listen_url()
+            .and_then(|url| PgConnectOptions::from_str(url).ok());
+        dialect
+    }
+
     fn capabilities(&self) -> Capabilities {
-        base_capabilities().with_notifies_waiters(true)
+        base_capabilities().with_notifies_waiters(self.can_listen())
     }
 
     fn create_table_sql(&self) -> &str {
@@ -230,8 +247,13 @@ impl Dialect for PostgresDialect {
     }
 
     async fn connect(url: &str, options: &SqlOptions) -> Result<PgPool, lease_core::Error> {
-        let connect = PgConnectOptions::from_str(url)
+        let mut connect = PgConnectOptions::from_str(url)
             .map_err(|e| common::connect_error(NAME, url, e, db_class))?;
+        if options.pooler.is_transaction() {
+            // Statements are unnamed then (`persistent(false)`); no cache either, in case a
+            // caller's query on this pool forgets.
+            connect = connect.statement_cache_capacity(0);
+        }
         PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -262,12 +284,17 @@ impl Dialect for PostgresDialect {
         trips: &RoundTrips,
     ) -> Result<AcquireReply, BackendError> {
         trips.add(1);
-        let row = sqlx::query(AssertSqlSafe(self.acquire.as_str()))
-            .bind(request.key.as_str())
-            .bind(request.holder.to_string())
-            .bind(request.metadata.as_str())
-            .bind(ttl_ms)
-            .fetch_optional(conn)
+        let row = self
+            .one(conn, trips, async |conn| {
+                sqlx::query(AssertSqlSafe(self.acquire.as_str()))
+                    .persistent(self.persistent())
+                    .bind(request.key.as_str())
+                    .bind(request.holder.to_string())
+                    .bind(request.metadata.as_str())
+                    .bind(ttl_ms)
+                    .fetch_optional(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("acquire", e))?;
         let Some(row) = row else {
@@ -288,9 +315,14 @@ impl Dialect for PostgresDialect {
         trips: &RoundTrips,
     ) -> Result<Option<LeaseRecord>, BackendError> {
         trips.add(1);
-        let row = sqlx::query(AssertSqlSafe(self.read.as_str()))
-            .bind(key.as_str())
-            .fetch_optional(conn)
+        let row = self
+            .one(conn, trips, async |conn| {
+                sqlx::query(AssertSqlSafe(self.read.as_str()))
+                    .persistent(self.persistent())
+                    .bind(key.as_str())
+                    .fetch_optional(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("read", e))?;
         match row {
@@ -311,11 +343,16 @@ impl Dialect for PostgresDialect {
         trips: &RoundTrips,
     ) -> Result<bool, BackendError> {
         trips.add(1);
-        let done = sqlx::query(AssertSqlSafe(self.renew.as_str()))
-            .bind(key)
-            .bind(holder)
-            .bind(ttl_ms)
-            .execute(conn)
+        let done = self
+            .one(conn, trips, async |conn| {
+                sqlx::query(AssertSqlSafe(self.renew.as_str()))
+                    .persistent(self.persistent())
+                    .bind(key)
+                    .bind(holder)
+                    .bind(ttl_ms)
+                    .execute(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("renew", e))?;
         Ok(done.rows_affected() == 1)
@@ -331,11 +368,16 @@ impl Dialect for PostgresDialect {
         let holders: Vec<&str> = leases.iter().map(|l| l.holder.as_str()).collect();
         let ttls: Vec<i64> = leases.iter().map(|l| l.ttl_ms).collect();
         trips.add(1);
-        let rows = sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
-            .bind(&names)
-            .bind(&holders)
-            .bind(&ttls)
-            .fetch_all(conn)
+        let rows = self
+            .one(conn, trips, async |conn| {
+                sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
+                    .persistent(self.persistent())
+                    .bind(&names)
+                    .bind(&holders)
+                    .bind(&ttls)
+                    .fetch_all(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("renew_many", e))?;
         rows.iter()
@@ -352,11 +394,16 @@ impl Dialect for PostgresDialect {
         trips: &RoundTrips,
     ) -> Result<bool, BackendError> {
         trips.add(1);
-        let released: i64 = sqlx::query_scalar(AssertSqlSafe(self.release.as_str()))
-            .bind(key)
-            .bind(holder)
-            .bind(&self.channel)
-            .fetch_one(conn)
+        let released: i64 = self
+            .one(conn, trips, async |conn| {
+                sqlx::query_scalar(AssertSqlSafe(self.release.as_str()))
+                    .persistent(self.persistent())
+                    .bind(key)
+                    .bind(holder)
+                    .bind(&self.channel)
+                    .fetch_one(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("release", e))?;
         Ok(released == 1)
@@ -369,10 +416,15 @@ impl Dialect for PostgresDialect {
         trips: &RoundTrips,
     ) -> Result<Option<LeaseRecord>, BackendError> {
         trips.add(1);
-        let row = sqlx::query(AssertSqlSafe(self.break_lease.as_str()))
-            .bind(key.as_str())
-            .bind(&self.channel)
-            .fetch_optional(conn)
+        let row = self
+            .one(conn, trips, async |conn| {
+                sqlx::query(AssertSqlSafe(self.break_lease.as_str()))
+                    .persistent(self.persistent())
+                    .bind(key.as_str())
+                    .bind(&self.channel)
+                    .fetch_optional(conn)
+                    .await
+            })
             .await
             .map_err(|e| classify("break", e))?;
         match row {
@@ -400,9 +452,9 @@ impl Dialect for PostgresDialect {
                 .bind(page.from)
                 .bind(page.after),
         };
-        let rows = query
-            .bind(page.limit)
-            .fetch_all(conn)
+        let query = query.bind(page.limit).persistent(self.persistent());
+        let rows = self
+            .one(conn, trips, async |conn| query.fetch_all(conn).await)
             .await
             .map_err(|e| classify("list", e))?;
         rows.iter()
@@ -415,6 +467,9 @@ impl Dialect for PostgresDialect {
     }
 
     fn contended(&self, pool: &PgPool, key: &LeaseKey) {
+        if !self.can_listen() {
+            return;
+        }
         self.ensure_listener(pool);
         self.notifier.saw_held(key.as_str());
     }
@@ -425,6 +480,11 @@ impl Dialect for PostgresDialect {
         key: &LeaseKey,
         max_wait: Duration,
     ) -> Result<(), BackendError> {
+        if !self.can_listen() {
+            // Behind a transaction pooler without a direct URL: plain polling.
+            tokio::time::sleep(max_wait).await;
+            return Ok(());
+        }
         self.ensure_listener(pool);
         let notifier = &self.notifier;
         let (notify, generation) = {
@@ -458,6 +518,48 @@ impl Dialect for PostgresDialect {
 }
 
 impl PostgresDialect {
+    /// Whether waiters can `LISTEN`: always on a direct connection; behind a transaction pooler
+    /// only with a direct URL (`LISTEN` through the pooler would land on a server connection
+    /// that is handed to someone else after the statement).
+    fn can_listen(&self) -> bool {
+        !self.pooled || self.listen_direct.is_some()
+    }
+
+    /// Whether statements are prepared once per connection and cached (not behind a
+    /// transaction pooler, where a named statement would outlive the server connection's
+    /// hand-over to another client).
+    fn persistent(&self) -> bool {
+        !self.pooled
+    }
+
+    /// Runs one statement. Behind a transaction pooler it runs inside `BEGIN`/`COMMIT`: sqlx
+    /// parses a statement and binds it in two exchanges, each ending in a `Sync`, and between
+    /// them an idle server connection may be handed to another client — whose unnamed
+    /// statement ours would then be bound to. Inside a transaction the pooler keeps the server
+    /// connection ours until `COMMIT`. Costs three more round trips (counted).
+    async fn one<T>(
+        &self,
+        conn: &mut PgConnection,
+        trips: &RoundTrips,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        if !self.pooled {
+            return statement(conn).await;
+        }
+        trips.add(3);
+        let mut tx = sqlx::Connection::begin(conn).await?;
+        match statement(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Starts the shared listener task if it is not running.
     fn ensure_listener(&self, pool: &PgPool) {
         let mut task = self.listener_task.lock().unwrap_or_else(|e| e.into_inner());
@@ -470,7 +572,11 @@ impl PostgresDialect {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*pool.connect_options()).clone());
+            .connect_lazy_with(
+                self.listen_direct
+                    .clone()
+                    .unwrap_or_else(|| (*pool.connect_options()).clone()),
+            );
         let channel = self.channel.clone();
         let notifier = Arc::clone(&self.notifier);
         *task = Some(tokio::spawn(listen(listen_pool, channel, notifier)));
