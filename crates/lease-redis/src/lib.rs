@@ -61,3 +61,8 @@ pub use lease_core::*;
 
 /// The `redis` crate this backend is built on, for [`RedisBackend::from_client`].
 pub use redis;
+
+/// The crate README's examples (shown on crates.io), compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

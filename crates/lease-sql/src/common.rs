@@ -213,6 +213,9 @@ impl SqlOptions {
     #[must_use]
     pub fn with_fence_table(mut self, table: TableName) -> Self {
         self.fence_table = table;
+        self
+    }
+
     /// Sets the PostgreSQL connection pooler; see [`Pooler`](crate::Pooler).
     #[must_use]
     pub fn with_pooler(mut self, pooler: crate::Pooler) -> Self {
