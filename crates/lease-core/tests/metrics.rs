@@ -509,3 +509,77 @@ fn backend_request_latency_is_the_time_the_store_took() {
         Some(&Value::Histogram(vec![0.25]))
     );
 }
+
+/// A store whose renewals always fail with one class of error.
+#[derive(Debug)]
+struct FailingRenew {
+    kind: BackendErrorKind,
+    store: MemoryBackend,
+}
+
+#[async_trait]
+impl Backend for FailingRenew {
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+    async fn acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.store.acquire(request).await
+    }
+    async fn renew(&self, _: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+        Err(BackendError::new(self.kind, "failing", "injected"))
+    }
+    async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+        self.store.release(request).await
+    }
+    async fn inspect(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+        self.store.inspect(key).await
+    }
+}
+
+#[test]
+fn a_fatal_renewal_failure_is_counted_by_class_and_as_a_loss() {
+    let recorded = record(|_| async {
+        let locker = locker_on(FailingRenew {
+            kind: BackendErrorKind::Fatal,
+            store: MemoryBackend::new(),
+        });
+        let lease = locker.acquire_now("job").await.unwrap();
+        assert_eq!(lease.lost().await, LostReason::FatalBackendError);
+        std::mem::forget(lease);
+    });
+    let expected = expect(&[
+        (
+            "lease_acquires_total{backend=failing,outcome=acquired}",
+            Value::Counter(1),
+        ),
+        (
+            "lease_acquire_duration_seconds{backend=failing,outcome=acquired}",
+            zeros(1),
+        ),
+        (
+            "lease_backend_request_duration_seconds{backend=failing,op=acquire}",
+            zeros(1),
+        ),
+        (
+            "lease_backend_request_duration_seconds{backend=failing,op=renew_many}",
+            zeros(1),
+        ),
+        (
+            "lease_backend_errors_total{backend=failing,class=fatal,op=renew_many}",
+            Value::Counter(1),
+        ),
+        (
+            "lease_renewal_failures_total{backend=failing,class=fatal}",
+            Value::Counter(1),
+        ),
+        (
+            "lease_lost_total{backend=failing,reason=fatal_backend_error}",
+            Value::Counter(1),
+        ),
+        ("lease_held{backend=failing}", Value::Gauge(0.0)),
+    ]);
+    assert_eq!(recorded, expected);
+}
