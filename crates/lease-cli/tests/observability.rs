@@ -194,3 +194,114 @@ fn log_format_json_writes_one_json_object_per_log_line() {
     assert!(in_span("acquire", "acquire"), "{logs:#?}");
     assert!(in_span("lease", "release"), "{logs:#?}");
 }
+
+/// `GET path` on a local HTTP server; the body, or `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value Prometheus's query API returns for an instant query, if it has one.
+fn prometheus_value(port: u16, query: &str) -> Option<f64> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = http_get(port, &format!("/api/v1/query?query={encoded}"))?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Kills a child we started when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus (Debian's `prometheus` package; `LEASE_TEST_PROMETHEUS` names its binary)
+/// scrapes a running `lease exec` and answers a query for the lease's metrics.
+#[test]
+fn a_real_prometheus_scrapes_a_running_exec() {
+    let Some(prometheus) = std::env::var_os("LEASE_TEST_PROMETHEUS").filter(|p| !p.is_empty())
+    else {
+        eprintln!("SKIPPED: LEASE_TEST_PROMETHEUS is not set; this test did not run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("prometheus");
+    let metrics_port = free_port();
+    let _lease = KillOnDrop(
+        lease(dir.path())
+            .args([
+                "--store",
+                &sqlite_url(dir.path()),
+                "exec",
+                &name,
+                "--ttl",
+                "1s",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--", "sleep", "60"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: lease\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .unwrap();
+    let prometheus_port = free_port();
+    let _prometheus = KillOnDrop(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let held = format!("lease_held{{job=\"lease\",backend=\"sqlite\",key=\"{name}\"}}");
+    let renewals = format!("lease_renewals_total{{job=\"lease\",key=\"{name}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = (
+            prometheus_value(prometheus_port, &held),
+            prometheus_value(prometheus_port, &renewals),
+        );
+        if let (Some(held), Some(renewed)) = seen
+            && renewed >= 1.0
+        {
+            assert_eq!(held, 1.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not report the lease within 40 s: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
