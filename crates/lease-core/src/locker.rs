@@ -502,13 +502,21 @@ impl Locker {
             prefix
         );
         use tracing::Instrument as _;
-        match tokio::time::timeout(bound, backend.list(prefix))
+        let started = Instant::now();
+        let result = match tokio::time::timeout(bound, backend.list(prefix))
             .instrument(span)
             .await
         {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(BackendError::transient(backend.name(), "list timed out").into()),
-        }
+            Ok(result) => result,
+            Err(_) => Err(BackendError::transient(backend.name(), "list timed out")),
+        };
+        crate::metrics::backend_request(
+            backend.name(),
+            "list",
+            started.elapsed(),
+            result.as_ref().err(),
+        );
+        Ok(result?)
     }
 
     /// Reads the record of `key` without acquiring it: holder metadata, fencing token, timing.

@@ -19,7 +19,7 @@
 //!
 //! Label values: `outcome` is `acquired`, `held` (a non-waiting call found the key taken),
 //! `timeout`, `cancelled` (by the caller's token, or the future was dropped) or `error`; `op` is
-//! `acquire`, `renew_many`, `release`, `inspect` or `break`; `class` is `transient`, `fatal`,
+//! `acquire`, `renew_many`, `release`, `inspect`, `list` or `break`; `class` is `transient`, `fatal`,
 //! `corrupt_record` or `unsupported` (and, for renewal failures, `not_held`); `reason` is
 //! `deadline_expired`, `not_held` or `fatal_backend_error`.
 //!

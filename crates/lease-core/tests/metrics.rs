@@ -488,6 +488,34 @@ fn backend_errors_are_counted_by_class() {
 }
 
 #[test]
+fn list_and_inspect_are_store_requests_too() {
+    let recorded = record(|_| async {
+        let faulty = FaultyBackend::new(Arc::new(MemoryBackend::new()));
+        faulty.set_latency(Duration::from_millis(40));
+        let locker = locker_on(faulty.clone());
+        assert!(locker.list("jobs/").await.unwrap().is_empty());
+        assert!(locker.inspect("jobs/a").await.unwrap().is_none());
+        faulty.fail_next(Op::List, 1);
+        assert!(locker.list("jobs/").await.is_err());
+    });
+    let expected = expect(&[
+        (
+            "lease_backend_request_duration_seconds{backend=memory,op=list}",
+            Value::Histogram(vec![0.04, 0.04]),
+        ),
+        (
+            "lease_backend_request_duration_seconds{backend=memory,op=inspect}",
+            Value::Histogram(vec![0.04]),
+        ),
+        (
+            "lease_backend_errors_total{backend=memory,class=transient,op=list}",
+            Value::Counter(1),
+        ),
+    ]);
+    assert_eq!(recorded, expected);
+}
+
+#[test]
 fn backend_request_latency_is_the_time_the_store_took() {
     let recorded = record(|_| async {
         let faulty = FaultyBackend::new(Arc::new(MemoryBackend::new()));
