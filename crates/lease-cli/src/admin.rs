@@ -336,6 +336,49 @@ mod tests {
         assert!(v["fencing_token"].is_null());
     }
 
+    /// The documented shape of `status --json` (docs/cli.md): every field in every object, with
+    /// its type. Renaming, removing or retyping one fails here.
+    #[test]
+    fn the_json_shape_is_the_documented_one() {
+        let fields = [
+            "acquired_at",
+            "expires_in_ms",
+            "fencing_token",
+            "held",
+            "holder",
+            "holder_token",
+            "name",
+            "state",
+            "store",
+            "ttl_ms",
+        ];
+        let held = LeaseRecord::held(
+            LeaseKey::new("k").unwrap(),
+            HolderToken::generate(),
+            FencingToken::new(4),
+        )
+        .with_metadata(HolderMetadata::new("me").unwrap())
+        .with_acquired_at(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        .with_ttl(Duration::from_secs(30))
+        .with_expires_in(Duration::from_millis(2500));
+        let free = LeaseRecord::free(LeaseKey::new("k").unwrap(), FencingToken::new(9));
+        for record in [Some(&held), Some(&free), None] {
+            let v = record_json("k", "memory://", record);
+            let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, fields, "{v}");
+            assert!(v["name"].is_string() && v["store"].is_string() && v["state"].is_string());
+            assert!(v["held"].is_boolean());
+        }
+        let v = record_json("k", "memory://", Some(&held));
+        assert_eq!(v["acquired_at"], "2023-11-14T22:13:20.123Z");
+        for integer in ["fencing_token", "ttl_ms", "expires_in_ms"] {
+            assert!(v[integer].is_u64(), "{integer}: {v}");
+        }
+        for string in ["holder", "holder_token"] {
+            assert!(v[string].is_string(), "{string}: {v}");
+        }
+    }
+
     /// A store that cannot list: the memory backend without its `list`.
     #[derive(Debug)]
     struct NoList(MemoryBackend);

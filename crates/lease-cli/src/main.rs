@@ -17,6 +17,7 @@ mod exec;
 mod exit;
 #[cfg(test)]
 mod fuzz_inputs;
+mod observe;
 mod output;
 mod signals;
 mod store;
@@ -25,6 +26,7 @@ mod waiting;
 mod watchdog;
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +66,16 @@ struct Cli {
     /// More output on stderr: -v progress and the waiting line without a terminal, -vv debug logs.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+
+    /// How log lines (-v, LEASE_LOG) are written: text, or one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        global = true,
+        value_name = "FORMAT"
+    )]
+    log_format: observe::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -223,6 +235,9 @@ struct ExecArgs {
     #[arg(short = 'n', long = "permits", value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..=i64::from(lease_core::Semaphore::MAX_PERMITS)))]
     permits: Option<u32>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while running.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     child: ChildArgs,
 }
@@ -239,6 +254,9 @@ struct ElectArgs {
     /// With --restart: the pause before campaigning again.
     #[arg(long, default_value = "1s", value_parser = duration::parse, value_name = "DURATION")]
     restart_delay: Duration,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while running.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     child: ChildArgs,
 }
@@ -302,24 +320,6 @@ struct DemoArgs {
     name: String,
     #[command(flatten)]
     lease: LockerOptionsArgs,
-}
-
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    // Without -v, `lease` speaks only through its own one-line messages.
-    let default = match verbose {
-        0 => "off",
-        1 => "warn,sqlx=error",
-        2 => "debug,sqlx=warn",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("LEASE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(verbose > 1)
-        .try_init();
 }
 
 /// Turns a clap error into one line on stderr (help and version go out whole).
@@ -402,6 +402,17 @@ fn precheck(command: &Command) -> Result<(), CliError> {
 
 async fn run(cli: Cli, url: &StoreUrl, store_env: exec::ChildStoreEnv) -> Result<u8, CliError> {
     precheck(&cli.command)?;
+    if let Command::Exec(ExecArgs {
+        metrics_addr: Some(addr),
+        ..
+    })
+    | Command::Elect(ElectArgs {
+        metrics_addr: Some(addr),
+        ..
+    }) = &cli.command
+    {
+        observe::serve_metrics(*addr)?;
+    }
     if let Command::Watch(WatchArgs { count: Some(0), .. }) = cli.command {
         return Ok(exit::OK);
     }
@@ -538,7 +549,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return ExitCode::from(code),
     };
-    init_tracing(cli.verbose);
+    observe::init_tracing(cli.verbose, cli.log_format);
     // Generated from the clap definitions; they need no store.
     match &cli.command {
         Command::Completions(args) => return ExitCode::from(tooling::completions(args.shell)),

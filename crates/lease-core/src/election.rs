@@ -50,7 +50,8 @@ impl Election {
     /// # Errors
     /// As [`Locker::acquire`].
     pub async fn campaign(&self) -> Result<Leadership, Error> {
-        let lease = self.locker.wait_for(&self.key, None).await?;
+        let wait = self.locker.wait_for(&self.key, None);
+        let lease = crate::observe::acquire(self.locker.backend().name(), &self.key, wait).await?;
         Ok(Leadership { lease })
     }
 

@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::backend::{ReleaseOutcome, ReleaseRequest};
 use crate::error::{Error, LostReason};
 use crate::key::LeaseKey;
 use crate::locker::{LockerInner, traced};
+use crate::observe::LeaseObserver;
 use crate::token::{FencingToken, HolderToken};
 
 /// What a held lease shares between its guard, its handles and the renewer.
@@ -23,6 +25,8 @@ pub(crate) struct LeaseState {
     /// Cancelled exactly when the lease stops being held, for whatever reason.
     lost: CancellationToken,
     reason: OnceLock<LostReason>,
+    /// Its span and metric labels.
+    pub(crate) observer: LeaseObserver,
 }
 
 impl LeaseState {
@@ -31,8 +35,10 @@ impl LeaseState {
         holder: HolderToken,
         fencing: FencingToken,
         deadline: Instant,
+        backend: &'static str,
     ) -> Self {
         Self {
+            observer: LeaseObserver::granted(backend, &key, fencing),
             key,
             holder,
             fencing,
@@ -58,16 +64,21 @@ impl LeaseState {
     /// store replaced its expiry, so a renewal granted for less than before shortens the lease.
     pub(crate) fn extend(&self, new: Instant) -> bool {
         let mut deadline = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if self.lost.is_cancelled() || Instant::now() >= *deadline {
+        let now = Instant::now();
+        if self.lost.is_cancelled() || now >= *deadline {
             return false;
         }
+        self.observer.renewed(*deadline - now);
         *deadline = new;
         true
     }
 
     /// Marks the lease lost (the first reason wins) and fires the lost signal.
     pub(crate) fn mark_lost(&self, reason: LostReason) {
-        let _ = self.reason.set(reason);
+        if self.reason.set(reason).is_ok() {
+            self.observer
+                .stopped(reason, Instant::now() >= self.deadline());
+        }
         self.lost.cancel();
     }
 
@@ -229,6 +240,7 @@ impl Lease {
             self.state.deadline(),
             retry,
         )
+        .instrument(self.state.observer.span().clone())
         .await
     }
 }
@@ -319,11 +331,15 @@ impl Drop for Lease {
         let locker = Arc::clone(&self.locker);
         let state = Arc::clone(&self.state);
         let until = state.deadline();
-        self.locker.spawn_background(async move {
-            if let Err(e) = release_until(locker, Arc::clone(&state), until, was_held).await {
-                tracing::debug!(key = %state.key, error = %e, "release on drop failed");
+        let span = state.observer.span().clone();
+        self.locker.spawn_background(
+            async move {
+                if let Err(e) = release_until(locker, Arc::clone(&state), until, was_held).await {
+                    tracing::debug!(key = %state.key, error = %e, "release on drop failed");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 

@@ -46,6 +46,11 @@ mod key;
 mod lease;
 mod locker;
 mod memory;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
+mod observe;
 pub mod observed;
 mod options;
 mod renewer;

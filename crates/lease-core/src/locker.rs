@@ -13,6 +13,7 @@ use crate::election::Election;
 use crate::error::{BackendError, Error, InvalidInput};
 use crate::key::LeaseKey;
 use crate::lease::{Lease, LeaseHandle, LeaseState};
+use crate::observe;
 use crate::options::{LockerOptions, RetryPolicy};
 use crate::renewer::Renewer;
 use crate::token::{FencingToken, HolderMetadata, HolderToken};
@@ -320,8 +321,13 @@ impl Locker {
     /// [`Error::Held`] when someone else holds the key; otherwise as [`Locker::try_acquire`].
     pub async fn acquire_now(&self, key: impl AsRef<str>) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
-        let mut pending = self.pending(&key);
-        match self.attempt(&key, pending.holder, None).await {
+        observe::acquire(self.inner.backend.name(), &key, self.acquire_once(&key)).await
+    }
+
+    /// One attempt for [`Locker::acquire_now`].
+    async fn acquire_once(&self, key: &LeaseKey) -> Result<Lease, Error> {
+        let mut pending = self.pending(key);
+        match self.attempt(key, pending.holder, None).await {
             Ok(Attempt::Acquired(lease)) => {
                 pending.armed = false;
                 Ok(lease)
@@ -345,7 +351,7 @@ impl Locker {
     /// (transient ones are retried with backoff).
     pub async fn acquire(&self, key: impl AsRef<str>) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
-        self.wait_for(&key, None).await
+        observe::acquire(self.inner.backend.name(), &key, self.wait_for(&key, None)).await
     }
 
     /// Takes `key`, waiting at most `timeout`.
@@ -361,15 +367,18 @@ impl Locker {
         let key = LeaseKey::new(key.as_ref())?;
         let started = Instant::now();
         let mut seen = WaitReport::default();
-        match tokio::time::timeout(timeout, self.wait_for(&key, Some(&mut seen))).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                key,
-                waited: started.elapsed(),
-                holder: seen.holder,
-                last_error: seen.error.map(Box::new),
-            }),
-        }
+        let wait = async {
+            match tokio::time::timeout(timeout, self.wait_for(&key, Some(&mut seen))).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    key: key.clone(),
+                    waited: started.elapsed(),
+                    holder: seen.holder,
+                    last_error: seen.error.map(Box::new),
+                }),
+            }
+        };
+        observe::acquire(self.inner.backend.name(), &key, wait).await
     }
 
     /// Takes `key`, waiting until it is free or `cancel` is cancelled.
@@ -382,11 +391,14 @@ impl Locker {
         cancel: &CancellationToken,
     ) -> Result<Lease, Error> {
         let key = LeaseKey::new(key.as_ref())?;
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(Error::Cancelled { key }),
-            result = self.wait_for(&key, None) => result,
-        }
+        let wait = async {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(Error::Cancelled { key: key.clone() }),
+                result = self.wait_for(&key, None) => result,
+            }
+        };
+        observe::acquire(self.inner.backend.name(), &key, wait).await
     }
 
     /// Waits for `key`, runs `work` while holding it, and releases it.
@@ -490,13 +502,21 @@ impl Locker {
             prefix
         );
         use tracing::Instrument as _;
-        match tokio::time::timeout(bound, backend.list(prefix))
+        let started = Instant::now();
+        let result = match tokio::time::timeout(bound, backend.list(prefix))
             .instrument(span)
             .await
         {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(BackendError::transient(backend.name(), "list timed out").into()),
-        }
+            Ok(result) => result,
+            Err(_) => Err(BackendError::transient(backend.name(), "list timed out")),
+        };
+        crate::metrics::backend_request(
+            backend.name(),
+            "list",
+            started.elapsed(),
+            result.as_ref().err(),
+        );
+        Ok(result?)
     }
 
     /// Reads the record of `key` without acquiring it: holder metadata, fencing token, timing.
@@ -571,6 +591,7 @@ impl Locker {
         key: &LeaseKey,
         mut report: Option<&mut WaitReport>,
     ) -> Result<Lease, Error> {
+        let _waiting = observe::Waiting::start(self.inner.backend.name(), key);
         // One holder token for every attempt: a grant that landed unseen is found again by the
         // next attempt (acquire is idempotent per holder token).
         let mut pending = self.pending(key);
@@ -740,7 +761,13 @@ impl Locker {
             )
             .into());
         }
-        let state = Arc::new(LeaseState::new(key.clone(), holder, fencing, deadline));
+        let state = Arc::new(LeaseState::new(
+            key.clone(),
+            holder,
+            fencing,
+            deadline,
+            self.inner.backend.name(),
+        ));
         let id = self.inner.renewer.add(Arc::clone(&state), sent);
         Ok(Attempt::Acquired(Lease::new(
             state,
@@ -770,7 +797,7 @@ pub(crate) async fn traced<T: fmt::Debug>(
 ) -> Result<T, BackendError> {
     use tracing::Instrument as _;
     let span = tracing::debug_span!("backend_call", backend = backend.name(), op, key = %key);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let result = match call.instrument(span.clone()).await {
         Ok(result) => result,
         Err(_) => Err(BackendError::transient(
@@ -778,6 +805,7 @@ pub(crate) async fn traced<T: fmt::Debug>(
             format!("{op} timed out; outcome unknown"),
         )),
     };
+    crate::metrics::backend_request(backend.name(), op, started.elapsed(), result.as_ref().err());
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     let _entered = span.enter();
     match &result {

@@ -19,6 +19,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::backend::{Backend, RenewOutcome, RenewRequest};
 use crate::error::{BackendError, LostReason};
@@ -232,9 +233,15 @@ impl Shared {
         let sent = Instant::now();
         let started = std::time::Instant::now();
         // A panicking backend must not kill renewal silently: it ends the batch's leases as lost.
+        let span = tracing::debug_span!(
+            "backend_call",
+            backend = self.backend.name(),
+            op = "renew_many",
+            leases = requests.len()
+        );
         let call = tokio::time::timeout_at(
             bound,
-            AssertUnwindSafe(self.backend.renew_many(&requests)).catch_unwind(),
+            AssertUnwindSafe(self.backend.renew_many(&requests).instrument(span)).catch_unwind(),
         );
         tokio::pin!(call);
         // While the batch is in flight, keep firing lost signals of any lease (in the batch or not,
@@ -281,6 +288,7 @@ impl Shared {
                 .map(|_| Err(BackendError::transient(self.backend.name(), why)))
                 .collect();
         }
+        crate::metrics::renew_batch(self.backend.name(), sent.elapsed(), &results);
         tracing::debug!(
             backend = self.backend.name(),
             op = "renew_many",
@@ -294,6 +302,7 @@ impl Shared {
             let Some(entry) = entries.leases.get_mut(&id) else {
                 continue; // released while the batch was in flight
             };
+            state.observer.renewal_answered(&result);
             match result {
                 Ok(RenewOutcome::Renewed(granted)) => {
                     // Never trust a grant longer than the one asked for: a store that rounds up
