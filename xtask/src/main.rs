@@ -118,6 +118,9 @@ struct BenchArgs {
     /// Only these backends (comma separated); default: every row that declares a bench.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
+    /// A handful of samples per row in a debug build: checks the rows run, not their timings.
+    #[arg(long)]
+    quick: bool,
 }
 
 fn main() -> ExitCode {
@@ -131,7 +134,7 @@ fn main() -> ExitCode {
         },
         Command::Conformance(args) => conformance::cmd(&args.backend, args.mode.mode()),
         Command::Test(mode) => testcmd::cmd(mode.mode()),
-        Command::Bench(args) => bench::cmd(&args.backend),
+        Command::Bench(args) => bench::cmd(&args.backend, args.quick),
         Command::Torture(args) => torture::cmd(&args),
         Command::TortureWorker(args) => torture::worker_main(args),
     };

@@ -304,8 +304,8 @@ where
         format!("{} (still waiting at the end: {still})", worst.max(still)),
         never.to_string(),
     ]);
-    table.note = "Waiters use the default retry policy. Requests count every statement of the \
-                  four backends (acquire attempts, releases, renewals). The starvation column \
+    table.note = "Waiters use the default retry policy. Requests count every request of all the \
+                  backends (acquire attempts, releases, renewals). The starvation column \
                   sets the case for fair (queued) waiting: with FIFO order it would be at most \
                   the number of waiters minus one."
         .into();
