@@ -356,6 +356,7 @@ async fn hold(
         .collect()
         .await;
     let acquire_all = started.elapsed();
+    log.clear_log();
     let leases: Vec<_> = leases
         .into_iter()
         .map(|l| l.expect("acquire").expect("a fresh key is free"))
