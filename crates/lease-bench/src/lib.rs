@@ -53,6 +53,9 @@ pub struct Options {
     pub quick: bool,
     /// Rows to run (names of [`ROWS`]); empty: all.
     pub rows: Vec<String>,
+    /// The largest number of leases one process holds in the holding measurement (full run:
+    /// 1, 100, 10,000 and 100,000, those up to this).
+    pub max_held: usize,
     /// `LEASE_TEST_*` variables, looked up here before the process environment (a caller that
     /// runs the bench in-process cannot set its own environment safely).
     pub vars: Vec<(String, String)>,
@@ -64,6 +67,7 @@ impl Options {
         Options {
             quick: false,
             rows: Vec::new(),
+            max_held: 100_000,
             vars: Vec::new(),
         }
     }
@@ -73,6 +77,7 @@ impl Options {
         Options {
             quick: true,
             rows: Vec::new(),
+            max_held: 100_000,
             vars: Vec::new(),
         }
     }
@@ -120,6 +125,12 @@ fn load() -> String {
 /// are listed in [`Report::skipped`]; a row that fails panics (a bench that half-ran must not
 /// look like a result).
 pub fn run(options: &Options) -> Report {
+    run_with(options, |_| {})
+}
+
+/// [`run`], calling `after_row` with the report so far after each row (to keep partial results
+/// of a long run).
+pub fn run_with(options: &Options, mut after_row: impl FnMut(&Report)) -> Report {
     let plan = options.plan();
     let mut report = Report {
         meta: report::Meta {
@@ -142,6 +153,7 @@ pub fn run(options: &Options) -> Report {
     };
     if options.wants("memory") {
         rows::memory::run(options, &mut report);
+        after_row(&report);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -152,6 +164,7 @@ pub fn run(options: &Options) -> Report {
         for row in ROWS.iter().filter(|r| **r != "memory" && options.wants(r)) {
             eprintln!("lease-bench: {row}");
             rows::run(row, options, &mut report).await;
+            after_row(&report);
         }
     });
     report.meta.load.push(load());

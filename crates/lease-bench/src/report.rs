@@ -146,6 +146,15 @@ fn ratio_cell(r: Option<Ratio>) -> String {
 }
 
 impl Report {
+    /// Appends another run's rows (runs of separate processes, e.g. one per database). The
+    /// metadata stays this report's, with the other's load readings appended.
+    pub fn merge(&mut self, other: Report) {
+        self.comparisons.extend(other.comparisons);
+        self.tables.extend(other.tables);
+        self.skipped.extend(other.skipped);
+        self.meta.load.extend(other.meta.load);
+    }
+
     /// Backends in the order they first appear.
     pub fn backends(&self) -> Vec<String> {
         let mut seen: Vec<String> = Vec::new();
@@ -291,6 +300,29 @@ mod tests {
         assert_eq!(ms(12.345), "12.3");
         assert_eq!(ms(123.45), "123");
         assert_eq!(ms(f64::NAN), "—");
+    }
+
+    #[test]
+    fn merged_report_keeps_both_runs_rows() {
+        let mut a = Report {
+            comparisons: vec![Comparison::new(
+                "pg",
+                "local",
+                "acquire",
+                "lease",
+                "upsert",
+                &paired(1.5, 1.0),
+            )],
+            ..Report::default()
+        };
+        let b = Report {
+            tables: vec![Table::new("mysql", "hand-off", &["a"])],
+            skipped: vec![("azure".into(), "not set".into())],
+            ..Report::default()
+        };
+        a.merge(b);
+        assert_eq!(a.backends(), ["pg", "mysql"]);
+        assert_eq!(a.skipped.len(), 1);
     }
 
     #[test]

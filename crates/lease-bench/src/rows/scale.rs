@@ -443,7 +443,7 @@ where
             "lost",
         ],
     );
-    for (n, interval, ttl, window) in configs {
+    for (n, interval, ttl, window) in configs.into_iter().filter(|c| c.0 <= options.max_held) {
         let (backend, counter) = connect().await;
         let h = hold(backend, &counter, n, interval, ttl, window).await;
         let secs = h.window.as_secs_f64();
