@@ -126,6 +126,9 @@ struct BenchArgs {
     /// Only these backends (comma separated); default: every row that declares a bench.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
+    /// A handful of samples per row in a debug build: checks the rows run, not their timings.
+    #[arg(long)]
+    quick: bool,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +142,7 @@ fn main() -> ExitCode {
         },
         Command::Conformance(args) => conformance::cmd(&args.backend, args.mode.mode()),
         Command::Test(mode) => testcmd::cmd(mode.mode()),
-        Command::Bench(args) => bench::cmd(&args.backend),
+        Command::Bench(args) => bench::cmd(&args.backend, args.quick),
         Command::Package => release::cmd_package(),
         Command::Deny => release::run_deny(),
         Command::Torture(args) => torture::cmd(&args),

@@ -150,6 +150,29 @@ fn deny_step() -> Step {
     }
 }
 
+/// `cargo xtask bench --quick` against this run's servers: every benchmark row still runs.
+fn bench_step(rig: &Rig) -> Step {
+    let started = Instant::now();
+    eprintln!("\nxtask: ==> bench: cargo xtask bench --quick");
+    let result = std::env::current_exe()
+        .map_err(anyhow::Error::from)
+        .and_then(|exe| {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["bench", "--quick"]).envs(rig.env());
+            proc::run_streamed(&mut cmd)
+        });
+    Step {
+        name: "bench --quick".into(),
+        result: match result {
+            Ok(out) if out.status.success() => StepResult::Ok,
+            Ok(_) => StepResult::Failed("a row failed or was skipped: see its table".into()),
+            Err(e) => StepResult::Failed(format!("{e:#}")),
+        },
+        counts: None,
+        duration: started.elapsed(),
+    }
+}
+
 fn render(steps: &[Step], ci: bool) -> String {
     let mut t = Table::new(["step", "result", "tests", "time"]);
     for s in steps {
@@ -319,6 +342,7 @@ pub(crate) fn cmd(mode: ModeRequest) -> Result<bool> {
         &rig,
         &["--backend", "sqlite", "--semaphore", "3"],
     ));
+    steps.push(bench_step(&rig));
 
     let down_started = Instant::now();
     let down = rig.down();
