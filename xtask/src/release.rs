@@ -23,9 +23,17 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// What `cargo deny check` checks here (advisories need the database from GitHub).
 pub(crate) const DENY_CHECKS: &[&str] = &["licenses", "bans", "sources"];
 
-/// `cargo package` arguments: every workspace crate but xtask (which is never published).
+/// `cargo package` arguments: every workspace crate but xtask and its benchmark harness (never
+/// published).
 pub(crate) fn package_args(verify: bool) -> Vec<&'static str> {
-    let mut args = vec!["package", "--workspace", "--exclude", "xtask"];
+    let mut args = vec![
+        "package",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--exclude",
+        "lease-bench",
+    ];
     // The check is about what gets packaged and whether it builds, not about git state: a
     // developer's uncommitted edits are packaged as they are.
     args.push("--allow-dirty");
@@ -109,6 +117,7 @@ mod tests {
     fn package_leaves_out_xtask_and_verifies_unless_told() {
         let verify = package_args(true);
         assert!(verify.windows(2).any(|w| w == ["--exclude", "xtask"]));
+        assert!(verify.windows(2).any(|w| w == ["--exclude", "lease-bench"]));
         assert!(!verify.contains(&"--no-verify"));
         assert!(package_args(false).contains(&"--no-verify"));
     }
