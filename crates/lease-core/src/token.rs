@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use crate::error::InvalidInput;
 
@@ -31,6 +32,45 @@ impl FencingToken {
     pub const fn get(self) -> u64 {
         self.0
     }
+
+    /// The first token of a key whose record (or counter) is absent: microseconds since the Unix
+    /// epoch, by the later of this host's clock and `store_clock` rounded up to its next whole
+    /// second (a store's clock usually arrives as a second-granular HTTP date: `Date` or
+    /// `Last-Modified`). Never 0.
+    ///
+    /// A counter that lost its record restarts above every token the key issued before, as long as
+    /// the key was granted fewer than once per microsecond and the clocks that seeded it were not
+    /// ahead by more than the time between the last grant before the loss and the first one after
+    /// (`docs/protocol.md`, "Where the counter starts", gives the argument). Tokens minted this
+    /// way are large numbers (about 1.8 × 10¹⁵ in 2027), not small counts.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use lease_core::FencingToken;
+    /// let seed = FencingToken::from_clock(None);
+    /// let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+    /// assert!(seed.get() <= now_us && seed.get() > now_us - 60_000_000);
+    /// // A store clock ahead of ours wins, rounded up to its next second.
+    /// let ahead = UNIX_EPOCH + Duration::from_millis(4_102_444_800_250); // 2100-01-01T00:00:00.25Z
+    /// assert_eq!(FencingToken::from_clock(Some(ahead)).get(), 4_102_444_801_000_000);
+    /// ```
+    pub fn from_clock(store_clock: Option<SystemTime>) -> Self {
+        let local = micros_since_epoch(SystemTime::now());
+        let store = store_clock.map_or(0, |at| {
+            let micros = micros_since_epoch(at);
+            // Whole seconds only: the store's true time may be up to a second past the date.
+            (micros / 1_000_000)
+                .saturating_add(1)
+                .saturating_mul(1_000_000)
+        });
+        Self(local.max(store).max(1))
+    }
+}
+
+/// Microseconds from the Unix epoch to `at` (0 before it, saturating far after it).
+fn micros_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl fmt::Display for FencingToken {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use lease_core::conformance::{Harness, run_case};
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter, run_case};
 use lease_core::observed::{
     InMemoryConditionalStore, ObservationRule, ObservedExpiryBackend, StoreCalls,
 };
@@ -23,8 +23,25 @@ const TTL: Duration = Duration::from_secs(1);
 type MemBackend = ObservedExpiryBackend<InMemoryConditionalStore>;
 
 async fn harness() -> Option<Harness> {
-    let backend = ObservedExpiryBackend::new(InMemoryConditionalStore::new());
-    Some(Harness::new(backend).with_ttl(Duration::from_millis(400)))
+    let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone());
+    let writer = OutsideWriter::new(move |key, change| {
+        let store = store.clone();
+        async move {
+            match change {
+                OutsideChange::Delete => {
+                    store.delete(&key);
+                }
+                _ => store.put_unreadable(&key, "foreign bytes"),
+            }
+            Ok(OutsideWrite::Done)
+        }
+    });
+    Some(
+        Harness::new(backend)
+            .with_ttl(Duration::from_millis(400))
+            .with_outside_writer(writer),
+    )
 }
 
 lease_core::conformance_tests!(harness);
@@ -206,7 +223,7 @@ async fn fresh_acquire_is_one_create_and_cached_renew_and_release_one_update_eac
     let backend = ObservedExpiryBackend::new(store.clone());
     let k = key("counted");
     let holder = HolderToken::generate();
-    assert_eq!(granted(&backend, &k, holder).await, FencingToken::new(1));
+    let first = granted(&backend, &k, holder).await;
     let calls: StoreCalls = store.calls();
     assert_eq!((calls.creates, calls.total()), (1, 1), "{calls:?}");
     let before = store.calls().total();
@@ -236,16 +253,12 @@ async fn fresh_acquire_is_one_create_and_cached_renew_and_release_one_update_eac
     );
     let free = store.peek(&k).unwrap();
     assert!(free.is_free());
-    assert_eq!(
-        free.fencing,
-        FencingToken::new(1),
-        "release keeps the counter"
-    );
+    assert_eq!(free.fencing, first, "release keeps the counter");
     // A free known key: one read and one update, with the next token.
     let before = store.calls().total();
     assert_eq!(
-        granted(&backend, &k, HolderToken::generate()).await,
-        FencingToken::new(2)
+        granted(&backend, &k, HolderToken::generate()).await.get(),
+        first.get() + 1
     );
     assert_eq!(store.calls().total() - before, 2);
 }
@@ -531,7 +544,7 @@ async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
     let (store, first_process, cold) = two_processes();
     let k = key("released-elsewhere");
     let holder = HolderToken::generate();
-    granted(&first_process, &k, holder).await;
+    let first = granted(&first_process, &k, holder).await;
     first_process
         .release(&ReleaseRequest::new(k.clone(), holder))
         .await
@@ -540,8 +553,8 @@ async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
     // lease and takes it, all in one acquire (create + read + update).
     let before = store.calls().total();
     assert_eq!(
-        granted(&cold, &k, HolderToken::generate()).await,
-        FencingToken::new(2)
+        granted(&cold, &k, HolderToken::generate()).await.get(),
+        first.get() + 1
     );
     assert_eq!(store.calls().total() - before, 3);
 }

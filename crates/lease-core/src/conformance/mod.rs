@@ -27,6 +27,7 @@
 mod cases;
 mod faulty;
 mod observed;
+mod outside;
 
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use faulty::{FaultyBackend, Op};
+pub use outside::{OutsideChange, OutsideWrite, OutsideWriter};
 
 use crate::backend::Backend;
 use crate::key::LeaseKey;
@@ -48,6 +50,7 @@ pub struct Harness {
     backend: Arc<dyn Backend>,
     ttl: Duration,
     prefix: String,
+    outside: Option<OutsideWriter>,
 }
 
 impl Harness {
@@ -64,6 +67,7 @@ impl Harness {
             backend,
             ttl,
             prefix: format!("conformance-{}", &random[..12]),
+            outside: None,
         }
     }
 
@@ -77,6 +81,19 @@ impl Harness {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// Gives the cases a way to change a key's record behind the backend's back, as another tool,
+    /// a lifecycle rule or a person would (see [`OutsideWriter`]). Without one, the case that
+    /// needs it prints a `SKIPPED` line.
+    pub fn with_outside_writer(mut self, writer: OutsideWriter) -> Self {
+        self.outside = Some(writer);
+        self
+    }
+
+    /// The outside writer, when the harness has one.
+    pub fn outside_writer(&self) -> Option<&OutsideWriter> {
+        self.outside.as_ref()
     }
 
     /// The backend under test.
@@ -230,6 +247,7 @@ cases! {
     panicking_backend_call_ends_the_lease: "a backend call that panics during renewal ends the lease as lost (signalled), and renewal goes on for other leases",
     observed_takeover_waits_for_the_rule: "an ObservedExpiry backend never takes over before its declared rule's wait has passed since the holder's grant was answered",
     observed_renewal_restarts_the_observation: "an ObservedExpiry backend restarts the observation when the holder renews: no takeover before the rule's wait after the renewal",
+    fencing_survives_outside_changes: "a record deleted or overwritten behind the backend's back (another tool, a lifecycle rule, a person): the next grant's token is still above every earlier one",
     invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
 }
 
