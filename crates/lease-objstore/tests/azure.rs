@@ -73,7 +73,13 @@ fn raw_store(server: &'static Azurite) -> Arc<dyn ObjectStore> {
 async fn harness() -> Option<Harness> {
     let server = server().await?;
     let make = factory(server, &common::random_name("kit"));
-    Some(Harness::new(make()).with_ttl(KIT_TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        Harness::new(backend)
+            .with_ttl(KIT_TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);

@@ -27,7 +27,13 @@ fn shared() -> (Arc<dyn ObjectStore>, Factory) {
 
 async fn harness() -> Option<Harness> {
     let (_, make) = shared();
-    Some(Harness::new(make()).with_ttl(TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        Harness::new(backend)
+            .with_ttl(TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);

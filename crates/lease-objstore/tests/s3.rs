@@ -90,7 +90,13 @@ async fn harness() -> Option<Harness> {
     let s3 = server().await?;
     let make = factory(s3, &common::random_name("kit"));
     // A TTL that covers moto's latency while every case of the kit runs at once on two cores.
-    Some(Harness::new(make()).with_ttl(KIT_TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        Harness::new(backend)
+            .with_ttl(KIT_TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);

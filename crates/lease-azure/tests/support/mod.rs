@@ -147,6 +147,16 @@ impl Raw {
         assert_eq!(status, 201, "put blob");
     }
 
+    /// Deletes a blob (as another client would); it must exist and not be leased.
+    pub async fn delete_blob(&self, container: &str, name: &str) {
+        let status = self
+            .send("DELETE", &format!("/{container}/{name}"), &[], &[], b"")
+            .await
+            .status()
+            .as_u16();
+        assert_eq!(status, 202, "delete blob");
+    }
+
     /// The blob's content and metadata (names lowercased).
     pub async fn get_blob(
         &self,
