@@ -281,6 +281,45 @@ async fn corrupt_fencing_metadata_is_a_typed_error_and_the_lease_is_given_back()
     assert_eq!(err.kind(), ErrorKind::CorruptRecord);
 }
 
+/// Items 4 and 5 of issue 19: the fencing write re-sends someone else's metadata, so it is signed
+/// with names Azure orders unlike bytes (`i_` before `i0`, `foo_bar` before `foo2_bar`) and a
+/// value with a run of spaces; a byte-order signature is refused with 403.
+#[tokio::test]
+async fn foreign_metadata_that_sorts_unlike_bytes_is_signed_as_azure_does() {
+    let Some(server) = server() else { return };
+    let container = "lease-foreign";
+    let raw = Raw::new(&server.url, &server.key);
+    raw.create_container(container).await;
+    let key = key("sorting");
+    let foreign = [
+        ("i0", "digit"),
+        ("i_", "underscore"),
+        ("foo_bar", "one"),
+        ("foo2_bar", "two"),
+        ("note", "annual  report"),
+    ];
+    raw.put_blob(container, key.as_str(), b"data", &foreign)
+        .await;
+    let locker = Locker::new(backend_in(&server, container));
+    for _ in 0..2 {
+        let lease = locker
+            .try_acquire(&key)
+            .await
+            .expect("signed as Azure signs")
+            .expect("free");
+        lease.release().await.unwrap();
+    }
+    let (body, metadata) = raw.get_blob(container, key.as_str()).await;
+    assert_eq!(body, b"data");
+    for (name, value) in foreign {
+        assert_eq!(
+            metadata.get(name).map(String::as_str),
+            Some(value),
+            "{name}"
+        );
+    }
+}
+
 /// Item 10 of issue 19: an explicit break recovers a blob whose fencing record cannot be read (as
 /// the object store's break does): our entries are cleared, someone else's kept, and the next
 /// grant's token starts from the clock.

@@ -57,7 +57,15 @@ impl Raw {
                 plain.insert(name, value);
             }
         }
-        ms.sort();
+        // The service's order, for the names this client sends: hyphens do not count, and `_`
+        // sorts before digits and letters (a byte sort puts it after digits).
+        let order_key = |name: &str| -> String {
+            name.chars()
+                .filter(|c| *c != '-')
+                .map(|c| if c == '_' { '\u{1}' } else { c })
+                .collect()
+        };
+        ms.sort_by_key(|(name, _)| order_key(name));
         let length = if body.is_empty() {
             String::new()
         } else {
