@@ -88,7 +88,12 @@ impl ObjectStoreLeases {
     async fn read_path(&self, path: &Path) -> Result<ReadOutcome<UpdateVersion>, BackendError> {
         let result = match self.store.get_opts(path, GetOptions::default()).await {
             Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(ReadOutcome::Absent),
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return match crate::error::missing_container(self.name, &e) {
+                    Some(fatal) => Err(fatal),
+                    None => Ok(ReadOutcome::Absent),
+                };
+            }
             Err(e) => return Err(classify(self.name, &e)),
         };
         let version = UpdateVersion {

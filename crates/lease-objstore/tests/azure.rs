@@ -128,3 +128,35 @@ async fn a_wrong_key_is_fatal_at_once_and_not_shown() {
     assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "{err}");
     assert!(!err.to_string().contains(wrong), "{err}");
 }
+
+/// Item 6 of issue 19: a missing container is fatal for every operation, inspect included (a 404
+/// on read means "no lease" only when the blob, not the container, is missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_container_is_fatal_everywhere() {
+    let Some(server) = server().await else { return };
+    let url = format!("az://{}/p", common::random_name("no-such-container"));
+    let backend = ObjectStoreBackend::from_url(
+        &url,
+        server.options.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    )
+    .unwrap();
+    let locker = lease_objstore::Locker::builder(backend)
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let err = locker.inspect("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "inspect: {err}"
+    );
+    assert!(err.to_string().contains("container"), "{err}");
+    let err = locker.list("").await.unwrap_err();
+    assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "list: {err}");
+    let err = locker.try_acquire("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "acquire: {err}"
+    );
+}

@@ -155,3 +155,35 @@ async fn wrong_credentials_fail_fast_as_fatal_or_the_server_accepts_them() {
     assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Item 6 of issue 19: a missing bucket is fatal for every operation, inspect and list included
+/// (a 404 on read is "no lease" only when the object, not the bucket, is missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_fatal_everywhere() {
+    let Some(s3) = server().await else { return };
+    let url = format!("s3://{}/p", common::random_name("no-such-bucket"));
+    let backend = ObjectStoreBackend::from_url(
+        &url,
+        s3.options.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    )
+    .unwrap();
+    let locker = lease_objstore::Locker::builder(backend)
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let err = locker.inspect("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "inspect: {err}"
+    );
+    assert!(err.to_string().contains("bucket"), "{err}");
+    let err = locker.list("").await.unwrap_err();
+    assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "list: {err}");
+    let err = locker.try_acquire("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "acquire: {err}"
+    );
+}
