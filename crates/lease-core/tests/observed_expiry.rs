@@ -634,3 +634,42 @@ async fn granted_on<B: Backend>(backend: &B, key: &LeaseKey, holder: HolderToken
         AcquireOutcome::Acquired(_)
     ));
 }
+
+/// Item 11 of issue 19: keys of leases lost without a release do not pile up in the instance's
+/// memory; forgetting them costs a read, never a grant.
+#[tokio::test(start_paused = true)]
+async fn remembered_keys_are_bounded_and_forgetting_is_safe() {
+    let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone()).with_key_limit(8);
+    let mut grants = Vec::new();
+    for i in 0..50 {
+        let k = key(&format!("lost-{i}"));
+        let holder = HolderToken::generate();
+        granted(&backend, &k, holder).await;
+        grants.push((k, holder));
+        assert!(
+            backend.remembered_keys() <= 8,
+            "{} keys remembered",
+            backend.remembered_keys()
+        );
+    }
+    // The first grant was forgotten long ago: its renewal reads and still finds it ours.
+    let (k, holder) = &grants[0];
+    let renewed = backend
+        .renew(&RenewRequest::new(k.clone(), *holder, TTL))
+        .await
+        .unwrap();
+    assert_eq!(renewed, RenewOutcome::Renewed(TTL));
+    // And a contender on another instance still cannot take it before the rule.
+    let other = ObservedExpiryBackend::new(store);
+    let request = AcquireRequest::new(
+        k.clone(),
+        HolderToken::generate(),
+        TTL,
+        HolderMetadata::from_stored_lossy("other"),
+    );
+    assert!(matches!(
+        other.acquire(&request).await.unwrap(),
+        AcquireOutcome::Held(_)
+    ));
+}

@@ -21,6 +21,9 @@ use crate::token::{FencingToken, HolderToken};
 /// How many renewals [`ObservedExpiryBackend`] sends at once (each is one conditional write).
 pub const RENEW_CONCURRENCY: usize = 32;
 
+/// How many keys [`ObservedExpiryBackend`] remembers by default before it forgets them all.
+pub const KEY_CACHE_LIMIT: usize = 100_000;
+
 /// A lease [`Backend`] over a store with conditional writes and no clock, deciding expiry by the
 /// [`ObservationRule`].
 ///
@@ -43,6 +46,7 @@ pub struct ObservedExpiryBackend<S: ConditionalStore> {
     store: S,
     rule: ObservationRule,
     keys: Mutex<HashMap<LeaseKey, KeyState<S::Version>>>,
+    key_limit: usize,
 }
 
 /// What this instance knows about one key.
@@ -93,6 +97,7 @@ impl<S: ConditionalStore> ObservedExpiryBackend<S> {
             store,
             rule,
             keys: Mutex::new(HashMap::new()),
+            key_limit: KEY_CACHE_LIMIT,
         }
     }
 
@@ -113,7 +118,27 @@ impl<S: ConditionalStore> ObservedExpiryBackend<S> {
     }
 
     fn with_key<T>(&self, key: &LeaseKey, f: impl FnOnce(&mut KeyState<S::Version>) -> T) -> T {
-        f(self.keys().entry(key.clone()).or_default())
+        let mut keys = self.keys();
+        if keys.len() >= self.key_limit && !keys.contains_key(key) {
+            // Entries of leases lost without a release are never removed one by one. Forgetting
+            // is safe: an observation starts again (a takeover only waits longer), and a renew or
+            // release without its cached version reads first.
+            keys.clear();
+        }
+        f(keys.entry(key.clone()).or_default())
+    }
+
+    /// Sets how many keys this instance remembers (observations and its own last writes) before
+    /// it forgets them all; [`KEY_CACHE_LIMIT`] by default. Forgetting costs requests, never
+    /// safety: observations start again and renewals read first.
+    pub fn with_key_limit(mut self, limit: usize) -> Self {
+        self.key_limit = limit.max(1);
+        self
+    }
+
+    /// How many keys this instance remembers now.
+    pub fn remembered_keys(&self) -> usize {
+        self.keys().len()
     }
 
     fn known_to_exist(&self, key: &LeaseKey) -> bool {

@@ -38,7 +38,7 @@ mod memory;
 mod rule;
 mod store;
 
-pub use backend::{ObservedExpiryBackend, RENEW_CONCURRENCY};
+pub use backend::{KEY_CACHE_LIMIT, ObservedExpiryBackend, RENEW_CONCURRENCY};
 pub use memory::{InMemoryConditionalStore, StoreCalls};
 pub use rule::ObservationRule;
 pub use store::{ConditionalStore, ReadOutcome, StoredLease, WriteOutcome};
