@@ -6,6 +6,7 @@
 //! follows the public "Authorize with Shared Key" specification for the Blob service (versions
 //! 2015-02-21 and later, where a zero `Content-Length` is signed as the empty string).
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -148,14 +149,19 @@ pub(crate) fn string_to_sign(
         out.push_str(line);
         out.push('\n');
     }
-    // Canonicalized headers: every x-ms- header, lowercase name, sorted, value trimmed.
-    let mut ms_headers: BTreeMap<String, &str> = BTreeMap::new();
+    // Canonicalized headers: every x-ms- header once, lowercase name, in the service's order
+    // (`header_order`), value trimmed at both ends. Runs of spaces inside a value are kept: the
+    // service (and Azurite) sign the value as it arrived, and an HTTP server strips only the
+    // ends (the specification's "linear whitespace" is the obsolete CRLF line folding, which
+    // no client sends).
+    let mut ms_headers: Vec<(String, &str)> = Vec::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
-        if name.starts_with("x-ms-") {
-            ms_headers.insert(name, value.trim());
+        if name.starts_with("x-ms-") && !ms_headers.iter().any(|(n, _)| *n == name) {
+            ms_headers.push((name, value.trim()));
         }
     }
+    ms_headers.sort_by(|a, b| header_order(&a.0, &b.0));
     for (name, value) in &ms_headers {
         out.push_str(name);
         out.push(':');
@@ -182,6 +188,57 @@ pub(crate) fn string_to_sign(
         out.push_str(&values.join(","));
     }
     out
+}
+
+/// How Azure Storage orders canonicalized header names: the .NET culture-aware comparison
+/// (en-US) the service uses, which Azurite approximates with JavaScript's `localeCompare` and the
+/// other Azure SDKs carry as a comparator. A plain byte order disagrees for names with `_`
+/// (`i_` sorts before `i0`, `foo_bar` before `foo2_bar`), and a blob carrying such metadata
+/// names would fail every signed request that re-sends them with a 403.
+///
+/// For the ASCII bytes of header names the comparison has two levels. First the names are
+/// compared by primary weight, skipping `-` and `'` (which have none): the symbols in the order
+/// `! # $ % & * . ^ _ ` | ~ +`, then the digits, then the letters (case-blind). Names equal at
+/// that level are told apart by their `-` and `'`: at the first position where the two differ,
+/// an ordinary byte sorts before the end of the name, which sorts before `'`, then `-` (so
+/// `ab` < `a-b`).
+pub(crate) fn header_order(a: &str, b: &str) -> Ordering {
+    let primary = |name: &str| -> Vec<u32> {
+        name.bytes()
+            .map(primary_weight)
+            .filter(|w| *w != 0)
+            .collect()
+    };
+    primary(a).cmp(&primary(b)).then_with(|| {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        // 0: an ordinary byte; 1: past the end; then the bytes that only count here.
+        let weight = |name: &[u8], at: usize| match name.get(at) {
+            None => 1,
+            Some(b'\'') => 2,
+            Some(b'-') => 3,
+            Some(_) => 0,
+        };
+        (0..a.len().max(b.len()))
+            .map(|at| weight(a, at).cmp(&weight(b, at)))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    })
+}
+
+/// A byte's primary weight in [`header_order`]; 0 for bytes skipped at that level.
+fn primary_weight(byte: u8) -> u32 {
+    const SYMBOLS: &[u8] = b"!#$%&*.^_`|~+";
+    match byte {
+        b'0'..=b'9' => 100 + u32::from(byte - b'0'),
+        b'a'..=b'z' => 200 + u32::from(byte - b'a'),
+        b'A'..=b'Z' => 200 + u32::from(byte - b'A'),
+        // Not valid in a header name; kept distinct and after everything else.
+        0x80.. => 300 + u32::from(byte),
+        _ => SYMBOLS
+            .iter()
+            .position(|s| *s == byte)
+            .map_or(0, |at| 1 + at as u32),
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +335,84 @@ x-ms-version:2026-04-06\n\
             .unwrap();
         assert_eq!(date, "Tue, 14 Nov 2023 22:13:25 GMT");
         assert_ne!(auth1, auth2);
+    }
+
+    /// Item 4 of issue 19: the names the service orders differently from bytes.
+    #[test]
+    fn headers_sort_as_the_service_sorts_them() {
+        let sorted = |names: &[&str]| {
+            let mut v: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            v.sort_by(|a, b| header_order(a, b));
+            v
+        };
+        assert_eq!(
+            sorted(&["x-ms-meta-i0", "x-ms-meta-i_"]),
+            ["x-ms-meta-i_", "x-ms-meta-i0"]
+        );
+        assert_eq!(
+            sorted(&["x-ms-meta-foo2_bar", "x-ms-meta-foo_bar"]),
+            ["x-ms-meta-foo_bar", "x-ms-meta-foo2_bar"]
+        );
+        // `_` before digits before letters; case-blind; a shorter prefix first.
+        assert_eq!(
+            sorted(&[
+                "x-ms-meta-a",
+                "x-ms-meta-_",
+                "x-ms-meta-9",
+                "x-ms-meta-B",
+                "x-ms-meta-ab"
+            ]),
+            [
+                "x-ms-meta-_",
+                "x-ms-meta-9",
+                "x-ms-meta-a",
+                "x-ms-meta-ab",
+                "x-ms-meta-B"
+            ]
+        );
+        // Hyphens count only between names otherwise equal: `ab` < `a-b`, and they do not split
+        // the fixed headers differently from bytes.
+        assert_eq!(
+            header_order("x-ms-meta-ab", "x-ms-meta-a-b"),
+            Ordering::Less
+        );
+        assert_eq!(
+            sorted(&[
+                "x-ms-version",
+                "x-ms-meta-leasefencing",
+                "x-ms-lease-id",
+                "x-ms-date",
+                "x-ms-if-tags"
+            ]),
+            [
+                "x-ms-date",
+                "x-ms-if-tags",
+                "x-ms-lease-id",
+                "x-ms-meta-leasefencing",
+                "x-ms-version"
+            ]
+        );
+        assert_eq!(header_order("x-ms-date", "x-ms-date"), Ordering::Equal);
+    }
+
+    #[test]
+    fn canonical_headers_use_the_service_order_and_keep_inner_spaces() {
+        let url = Url::parse("http://127.0.0.1:10000/devstoreaccount1/c/b?comp=metadata").unwrap();
+        let headers = vec![
+            ("x-ms-meta-i0".into(), "digit".into()),
+            ("x-ms-meta-i_".into(), "  annual  report ".into()),
+            ("x-ms-date".into(), "Mon, 23 Nov 2026 21:00:00 GMT".into()),
+        ];
+        let got = string_to_sign("devstoreaccount1", Method::Put, &url, &headers, 0);
+        assert!(
+            got.ends_with(
+                "x-ms-date:Mon, 23 Nov 2026 21:00:00 GMT\n\
+                 x-ms-meta-i_:annual  report\n\
+                 x-ms-meta-i0:digit\n\
+                 /devstoreaccount1/devstoreaccount1/c/b\ncomp:metadata"
+            ),
+            "{got}"
+        );
     }
 
     #[test]

@@ -320,8 +320,15 @@ impl AzureBlobBackend {
             self.remember(holder, ttl);
             return Ok(AcquireOutcome::Acquired(Grant::new(stored.fencing, ttl)));
         }
-        let last = stored.as_ref().map_or(0, |s| s.fencing.get());
-        let Some(next) = last.checked_add(1) else {
+        // A blob without our record (new, or rewritten by someone else: any upload, metadata
+        // replacement, copy or version restore while no lease is active wipes it) starts its
+        // counter from the clock, above every token the key issued before: the later of ours and
+        // the blob's Last-Modified (Azure's clock, whole seconds) rounded up.
+        let next = match &stored {
+            None => Some(FencingToken::from_clock(props.last_modified).get()),
+            Some(stored) => stored.fencing.get().checked_add(1),
+        };
+        let Some(next) = next else {
             self.give_back(blob, &holder, id).await;
             return Err(BackendError::fatal(
                 NAME,
@@ -366,6 +373,48 @@ impl AzureBlobBackend {
                     lease_core::BackendErrorKind::Transient
                 };
                 Err(BackendError::new(kind, NAME, failure.message().to_owned()))
+            }
+        }
+    }
+
+    /// Removes our unreadable metadata entries from a blob whose lease was just broken, on the
+    /// ETag read (a concurrent change makes the break report a transient error: try again).
+    async fn clear_unreadable_record(
+        &self,
+        blob: &BlobClient,
+        key: &LeaseKey,
+    ) -> Result<Option<LeaseRecord>, BackendError> {
+        let Some(props) = self
+            .properties(blob, None)
+            .await
+            .map_err(Failure::into_backend_error)?
+        else {
+            return Ok(None);
+        };
+        if fencing::decode(&props.metadata).is_ok() {
+            // Someone rewrote it meanwhile; it reads now.
+            return self.record_from(Some(blob), key, &props).await.map(Some);
+        }
+        let options = BlobClientSetMetadataOptions {
+            if_match: props.etag,
+            ..Default::default()
+        };
+        let kept = fencing::without_ours(&props.metadata);
+        match blob.set_metadata(&kept, Some(options)).await {
+            Ok(_) => Ok(Some(LeaseRecord::free(key.clone(), FencingToken::new(0)))),
+            Err(e) => {
+                let failure = Failure::from_sdk("clear an unreadable fencing record", &e);
+                Err(match failure.meaning {
+                    Meaning::Fatal => failure.into_backend_error(),
+                    _ => BackendError::transient(
+                        NAME,
+                        format!(
+                            "{} changed while its unreadable record was being cleared; try again: {}",
+                            self.blob_name(key),
+                            failure.message()
+                        ),
+                    ),
+                })
             }
         }
     }
@@ -633,24 +682,37 @@ impl Backend for AzureBlobBackend {
         Ok(records)
     }
 
+    /// Breaks the blob's lease at once. A blob whose fencing record cannot be read also loses our
+    /// (unreadable) metadata entries, someone else's kept: its next grant then starts the counter
+    /// from the clock, above any token it can have reached. Such a blob is reported as free with
+    /// token 0 (no counter).
     async fn break_lease(&self, key: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
-        let Some(before) = self.inspect(key).await? else {
-            return Ok(None);
+        let before = match self.inspect(key).await {
+            Ok(Some(before)) => Some(before),
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == lease_core::BackendErrorKind::CorruptRecord => {
+                tracing::warn!(key = %key, error = %e,
+                    "break clears an unreadable fencing record; the counter restarts from the clock");
+                None
+            }
+            Err(e) => return Err(e),
         };
+        let blob = self.blob(key);
         let options = BlobClientBreakLeaseOptions {
             break_period: Some(0),
             ..Default::default()
         };
-        match self.blob(key).break_lease(Some(options)).await {
-            Ok(_) => Ok(Some(before)),
-            Err(e) => {
-                let failure = Failure::from_sdk("break lease", &e);
-                match failure.meaning {
-                    Meaning::NotHeld => Ok(Some(before)),
-                    Meaning::BlobMissing | Meaning::ContainerMissing => Ok(None),
-                    _ => Err(failure.into_backend_error()),
-                }
+        if let Err(e) = blob.break_lease(Some(options)).await {
+            let failure = Failure::from_sdk("break lease", &e);
+            match failure.meaning {
+                Meaning::NotHeld => {}
+                Meaning::BlobMissing | Meaning::ContainerMissing => return Ok(None),
+                _ => return Err(failure.into_backend_error()),
             }
+        }
+        match before {
+            Some(before) => Ok(Some(before)),
+            None => self.clear_unreadable_record(&blob, key).await,
         }
     }
 }

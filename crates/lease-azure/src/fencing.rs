@@ -102,17 +102,22 @@ fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// `existing` without our entries: someone else's entries only.
+pub(crate) fn without_ours(existing: &HashMap<String, String>) -> HashMap<String, String> {
+    let ours = [FORMAT, FENCING, HOLDER, TTL, OWNER];
+    existing
+        .iter()
+        .filter(|(k, _)| !ours.iter().any(|o| k.eq_ignore_ascii_case(o)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The metadata to write for `record`: `existing` (someone else's entries are kept) with ours set.
 pub(crate) fn encode(
     existing: &HashMap<String, String>,
     record: &FenceRecord,
 ) -> HashMap<String, String> {
-    let ours = [FORMAT, FENCING, HOLDER, TTL, OWNER];
-    let mut out: HashMap<String, String> = existing
-        .iter()
-        .filter(|(k, _)| !ours.iter().any(|o| k.eq_ignore_ascii_case(o)))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut out = without_ours(existing);
     out.insert(FORMAT.into(), FORMAT_VERSION.into());
     out.insert(FENCING.into(), record.fencing.get().to_string());
     out.insert(HOLDER.into(), record.holder.to_string());

@@ -7,7 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lease_azure::conformance::{CASES, FaultyBackend, Harness, Op, require_env, run_case};
+use lease_azure::conformance::{
+    CASES, FaultyBackend, Harness, Op, OutsideChange, OutsideWrite, OutsideWriter, require_env,
+    run_case,
+};
 use lease_azure::{
     AcquireOutcome, AcquireRequest, AzureBlobBackend, AzureBlobBuilder, Backend, BackendErrorKind,
     Error, ErrorKind, FencingToken, HolderMetadata, HolderToken, LeaseKey, Locker, RecordState,
@@ -44,10 +47,28 @@ const CONFORMANCE_CONTAINER: &str = "lease-conformance";
 
 async fn harness() -> Option<Harness> {
     let server = server()?;
+    let raw = Arc::new(Raw::new(&server.url, &server.key));
+    let backend = backend_in(&server, CONFORMANCE_CONTAINER);
+    let prefix = backend.prefix().to_owned();
+    // Another client on the lease blob: deletes it, or uploads over it (which wipes metadata).
+    let writer = OutsideWriter::new(move |key, change| {
+        let (raw, blob) = (Arc::clone(&raw), format!("{prefix}{key}"));
+        async move {
+            match change {
+                OutsideChange::Delete => raw.delete_blob(CONFORMANCE_CONTAINER, &blob).await,
+                _ => {
+                    raw.put_blob(CONFORMANCE_CONTAINER, &blob, b"someone else's data", &[])
+                        .await;
+                }
+            }
+            Ok(OutsideWrite::Done)
+        }
+    });
     // A second instance on the same container: a second process.
     Some(
-        Harness::new(backend_in(&server, CONFORMANCE_CONTAINER))
-            .with_peer(backend_in(&server, CONFORMANCE_CONTAINER)),
+        Harness::new(backend)
+            .with_peer(backend_in(&server, CONFORMANCE_CONTAINER))
+            .with_outside_writer(writer),
     )
 }
 
@@ -189,7 +210,7 @@ async fn missing_container_is_created() {
     assert_eq!(raw.container_status(&container).await, 404);
     let locker = Locker::new(backend_in(&server, &container));
     let lease = locker.try_acquire("first").await.unwrap().expect("free");
-    assert_eq!(lease.fencing_token(), FencingToken::new(1));
+    assert!(lease.is_held());
     assert_eq!(raw.container_status(&container).await, 200);
     lease.release().await.unwrap();
 }
@@ -212,18 +233,23 @@ async fn foreign_content_and_metadata_are_kept() {
     let backend = backend_in(&server, container);
     backend.ensure_blob(&key).await.unwrap();
     let locker = Locker::new(backend);
-    for round in 1..=2 {
+    let mut tokens = Vec::new();
+    for _ in 1..=2 {
         let lease = locker.try_acquire(&key).await.unwrap().expect("free");
-        assert_eq!(lease.fencing_token(), FencingToken::new(round));
+        tokens.push(lease.fencing_token().get());
         lease.release().await.unwrap();
     }
+    assert_eq!(tokens[1], tokens[0] + 1);
     let (body, metadata) = raw.get_blob(container, key.as_str()).await;
     assert_eq!(body, b"quarterly numbers");
     assert_eq!(
         metadata.get("department").map(String::as_str),
         Some("finance")
     );
-    assert_eq!(metadata.get("leasefencing").map(String::as_str), Some("2"));
+    assert_eq!(
+        metadata.get("leasefencing").map(String::as_str),
+        Some(tokens[1].to_string().as_str())
+    );
 }
 
 #[tokio::test]
@@ -260,6 +286,99 @@ async fn corrupt_fencing_metadata_is_a_typed_error_and_the_lease_is_given_back()
     assert_eq!(err.kind(), ErrorKind::CorruptRecord);
 }
 
+/// Items 4 and 5 of issue 19: the fencing write re-sends someone else's metadata, so it is signed
+/// with names Azure orders unlike bytes (`i_` before `i0`, `foo_bar` before `foo2_bar`) and a
+/// value with a run of spaces; a byte-order signature is refused with 403.
+#[tokio::test]
+async fn foreign_metadata_that_sorts_unlike_bytes_is_signed_as_azure_does() {
+    let Some(server) = server() else { return };
+    let container = "lease-foreign";
+    let raw = Raw::new(&server.url, &server.key);
+    raw.create_container(container).await;
+    let key = key("sorting");
+    let foreign = [
+        ("i0", "digit"),
+        ("i_", "underscore"),
+        ("foo_bar", "one"),
+        ("foo2_bar", "two"),
+        ("note", "annual  report"),
+    ];
+    raw.put_blob(container, key.as_str(), b"data", &foreign)
+        .await;
+    let locker = Locker::new(backend_in(&server, container));
+    for _ in 0..2 {
+        let lease = locker
+            .try_acquire(&key)
+            .await
+            .expect("signed as Azure signs")
+            .expect("free");
+        lease.release().await.unwrap();
+    }
+    let (body, metadata) = raw.get_blob(container, key.as_str()).await;
+    assert_eq!(body, b"data");
+    for (name, value) in foreign {
+        assert_eq!(
+            metadata.get(name).map(String::as_str),
+            Some(value),
+            "{name}"
+        );
+    }
+}
+
+/// Item 10 of issue 19: an explicit break recovers a blob whose fencing record cannot be read (as
+/// the object store's break does): our entries are cleared, someone else's kept, and the next
+/// grant's token starts from the clock.
+#[tokio::test]
+async fn break_recovers_an_unreadable_fencing_record() {
+    let Some(server) = server() else { return };
+    let container = "lease-foreign";
+    let raw = Raw::new(&server.url, &server.key);
+    raw.create_container(container).await;
+    let key = key("corrupt-break");
+    raw.put_blob(
+        container,
+        key.as_str(),
+        b"data",
+        &[
+            ("leaseformat", "1"),
+            ("leasefencing", "many"),
+            ("department", "finance"),
+        ],
+    )
+    .await;
+    let backend = Arc::new(backend_in(&server, container));
+    let locker = Locker::from_shared(backend.clone());
+    let err = locker.try_acquire(&key).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{err}");
+    let floor = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let before = backend
+        .break_lease(&key)
+        .await
+        .unwrap()
+        .expect("the blob exists");
+    assert_eq!(before.state, RecordState::Free);
+    let lease = locker
+        .try_acquire(&key)
+        .await
+        .unwrap()
+        .expect("free after the break");
+    assert!(
+        lease.fencing_token().get() >= floor,
+        "{} restarted below the clock ({floor} µs)",
+        lease.fencing_token()
+    );
+    lease.release().await.unwrap();
+    let (body, metadata) = raw.get_blob(container, key.as_str()).await;
+    assert_eq!(body, b"data");
+    assert_eq!(
+        metadata.get("department").map(String::as_str),
+        Some("finance")
+    );
+}
+
 #[tokio::test]
 async fn retried_acquire_after_a_lost_response_is_the_same_lease_with_one_bump() {
     let Some(server) = server() else { return };
@@ -269,10 +388,10 @@ async fn retried_acquire_after_a_lost_response_is_the_same_lease_with_one_bump()
     let holder = HolderToken::generate();
     let first = acquire(&backend, &key, holder).await;
     let again = acquire(&backend, &key, holder).await;
-    assert_eq!((first, again), (FencingToken::new(1), FencingToken::new(1)));
+    assert_eq!(first, again);
     let record = backend.inspect(&key).await.unwrap().unwrap();
     assert!(record.is_held_by(&holder));
-    assert_eq!(record.fencing, FencingToken::new(1));
+    assert_eq!(record.fencing, first);
     backend
         .release(&ReleaseRequest::new(key.clone(), holder))
         .await
@@ -293,13 +412,13 @@ async fn retried_acquire_after_a_lost_response_is_the_same_lease_with_one_bump()
         "the acquire was not retried"
     );
     assert_eq!(
-        lease.fencing_token(),
-        FencingToken::new(2),
+        lease.fencing_token().get(),
+        first.get() + 1,
         "bumped more than once"
     );
     let record = backend.inspect(&key).await.unwrap().unwrap();
     assert!(record.is_held_by(&lease.holder_token()));
-    assert_eq!(record.fencing, FencingToken::new(2));
+    assert_eq!(record.fencing, lease.fencing_token());
     lease.release().await.unwrap();
 }
 
@@ -313,9 +432,9 @@ async fn interop_with_another_client_on_the_same_blob() {
     let locker = Locker::from_shared(backend.clone());
     let key = key("shared");
 
-    // Our lease first (creates the blob, token 1); the other client is refused.
+    // Our lease first (creates the blob); the other client is refused.
     let ours = locker.try_acquire(&key).await.unwrap().expect("free");
-    assert_eq!(ours.fencing_token(), FencingToken::new(1));
+    let first = ours.fencing_token();
     assert_eq!(
         raw.acquire_lease(container, key.as_str(), None).await.0,
         409
@@ -341,7 +460,7 @@ async fn interop_with_another_client_on_the_same_blob() {
         200
     );
     let next = locker.try_acquire(&key).await.unwrap().expect("free again");
-    assert_eq!(next.fencing_token(), FencingToken::new(2));
+    assert_eq!(next.fencing_token().get(), first.get() + 1);
     next.release().await.unwrap();
 }
 
@@ -418,7 +537,9 @@ async fn list_reports_records_under_a_prefix_sorted() {
                 .unwrap(),
         );
     }
-    held.pop().unwrap().release().await.unwrap();
+    let released = held.pop().unwrap();
+    let released_token = released.fencing_token();
+    released.release().await.unwrap();
     let records = locker.list(&format!("{base}/")).await.unwrap();
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(
@@ -431,7 +552,7 @@ async fn list_reports_records_under_a_prefix_sorted() {
     );
     assert!(records[0].is_held() && records[1].is_held());
     assert_eq!(records[2].state, RecordState::Free);
-    assert_eq!(records[2].fencing, FencingToken::new(1));
+    assert_eq!(records[2].fencing, released_token);
     assert!(locker.list("no-such-prefix/").await.unwrap().is_empty());
 }
 

@@ -90,9 +90,9 @@ fn exec_runs_under_an_s3_lease_with_rising_tokens() {
         tokens.push(token.parse::<u64>().unwrap());
     }
     assert_eq!(
-        tokens,
-        vec![1, 2],
-        "a fresh key starts at 1 and release keeps the counter"
+        tokens[1],
+        tokens[0] + 1,
+        "release keeps the counter: {tokens:?}"
     );
 
     // Held by a running exec: a second one with --no-wait is refused.

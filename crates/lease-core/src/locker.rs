@@ -34,7 +34,7 @@ use crate::token::{FencingToken, HolderMetadata, HolderToken};
 ///         Ok::<_, lease_core::Error>(lease.fencing_token().get())
 ///     })
 ///     .await?;
-/// assert_eq!(report, 1);
+/// assert!(report > 0); // a new key's first token is the clock in microseconds
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -20,6 +20,8 @@ use crate::token::{FencingToken, HolderMetadata, HolderToken};
 ///
 /// Expiry is measured on [`tokio::time::Instant`], so tests may use tokio's paused clock
 /// (`tokio::time::pause` / `advance`). Clones share the same store. Waiters are woken on release.
+/// A key's first fencing token comes from the clock ([`FencingToken::from_clock`]), then counts up
+/// by one.
 ///
 /// ```
 /// use lease_core::{Locker, MemoryBackend};
@@ -101,6 +103,18 @@ impl MemoryBackend {
         Self::default()
     }
 
+    /// Forgets everything about `key`, counter included, as if someone had deleted its record
+    /// behind the backend's back (the conformance kit's outside writer). The next grant's token
+    /// starts from the clock, above every token issued before; a holder of the forgotten grant
+    /// finds it gone at its next renewal. Returns whether the key had a record.
+    pub fn forget(&self, key: &LeaseKey) -> bool {
+        let removed = self.slots().remove(key);
+        if let Some(slot) = &removed {
+            slot.changed.notify_waiters();
+        }
+        removed.is_some_and(|slot| slot.fencing > 0)
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<LeaseKey, Slot>> {
         // A panic while holding the lock cannot leave a slot half-written (every update is a
         // single assignment), so a poisoned lock is still consistent.
@@ -159,7 +173,14 @@ impl Backend for MemoryBackend {
             }
             return Ok(AcquireOutcome::Acquired(Grant::new(fencing, request.ttl)));
         }
-        let Some(next) = slot.fencing.checked_add(1) else {
+        // A key with no counter (never granted, or forgotten) starts from the clock, as every
+        // backend's does when its record is gone: above any token it could have issued before.
+        let next = if slot.fencing == 0 {
+            Some(FencingToken::from_clock(None).get())
+        } else {
+            slot.fencing.checked_add(1)
+        };
+        let Some(next) = next else {
             return Err(BackendError::corrupt_record(
                 "memory",
                 format!("fencing counter of {} is exhausted", request.key),

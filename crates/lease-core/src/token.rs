@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use crate::error::InvalidInput;
 
@@ -31,6 +32,45 @@ impl FencingToken {
     pub const fn get(self) -> u64 {
         self.0
     }
+
+    /// The first token of a key whose record (or counter) is absent: microseconds since the Unix
+    /// epoch, by the later of this host's clock and `store_clock`, a reading of the store's own
+    /// clock taken no later than now (a response's `Date`, a record's `Last-Modified`). Never 0.
+    ///
+    /// The store's reading is used as it is, never rounded up: HTTP dates are truncated to whole
+    /// seconds, so a reading is a lower bound of the store's time, and it only lifts a seed whose
+    /// host clock is behind. Rounding it up would put tokens up to a second ahead of real time,
+    /// and a record lost and recreated within that second would restart *below* them.
+    ///
+    /// A counter that lost its record restarts above every token the key issued before, as long
+    /// as the key was granted fewer than once per microsecond and the clocks that seeded it were
+    /// not ahead by more than the time between the last grant before the loss and the first one
+    /// after (`docs/protocol.md`, "Where the counter starts", gives the argument). Tokens minted
+    /// this way are large numbers (about 1.8 × 10¹⁵ in 2027), not small counts.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use lease_core::FencingToken;
+    /// let seed = FencingToken::from_clock(None);
+    /// let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+    /// assert!(seed.get() <= now_us && seed.get() > now_us - 60_000_000);
+    /// // A store clock ahead of ours wins.
+    /// let ahead = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01T00:00:00Z
+    /// assert_eq!(FencingToken::from_clock(Some(ahead)).get(), 4_102_444_800_000_000);
+    /// // One behind ours does not.
+    /// assert!(FencingToken::from_clock(Some(UNIX_EPOCH)).get() >= now_us);
+    /// ```
+    pub fn from_clock(store_clock: Option<SystemTime>) -> Self {
+        let local = micros_since_epoch(SystemTime::now());
+        let store = store_clock.map_or(0, micros_since_epoch);
+        Self(local.max(store).max(1))
+    }
+}
+
+/// Microseconds from the Unix epoch to `at` (0 before it, saturating far after it).
+fn micros_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl fmt::Display for FencingToken {
@@ -240,6 +280,21 @@ impl fmt::Debug for HolderMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store date is whole seconds (HTTP): a record lost and recreated within the same second
+    /// must still restart above the tokens seeded from that date (rounding the date up fails this).
+    #[test]
+    fn a_reseed_within_the_same_store_second_is_above_earlier_tokens() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let date = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        let first = FencingToken::from_clock(Some(date)).get();
+        let issued = first + 2; // two more grants on the first record
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = FencingToken::from_clock(Some(date)).get();
+        assert!(again > issued, "reseeded at {again}, not above {issued}");
+    }
 
     #[test]
     fn holder_tokens_are_unique_and_round_trip() {

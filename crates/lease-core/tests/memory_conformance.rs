@@ -3,15 +3,30 @@
 use std::time::Duration;
 
 use lease_core::MemoryBackend;
-use lease_core::conformance::Harness;
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter};
 
 async fn harness() -> Option<Harness> {
-    // Clones share the store: what two users of one in-process store see.
-    let store = MemoryBackend::new();
+    let backend = MemoryBackend::new();
+    let store = backend.clone();
+    // The in-process store has no record format to overwrite: forgetting the key is the change.
+    let writer = OutsideWriter::new(move |key, change| {
+        let store = store.clone();
+        async move {
+            match change {
+                OutsideChange::Delete => {
+                    store.forget(&key);
+                    Ok(OutsideWrite::Done)
+                }
+                _ => Ok(OutsideWrite::NotApplicable),
+            }
+        }
+    });
     Some(
-        Harness::new(store.clone())
-            .with_peer(store)
-            .with_ttl(Duration::from_millis(400)),
+        // Clones share the store: what two users of one in-process store see.
+        Harness::new(backend.clone())
+            .with_peer(backend)
+            .with_ttl(Duration::from_millis(400))
+            .with_outside_writer(writer),
     )
 }
 

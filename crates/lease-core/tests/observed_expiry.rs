@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use lease_core::conformance::{Harness, run_case};
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter, run_case};
 use lease_core::observed::{
     InMemoryConditionalStore, ObservationRule, ObservedExpiryBackend, StoreCalls,
 };
@@ -24,11 +24,26 @@ type MemBackend = ObservedExpiryBackend<InMemoryConditionalStore>;
 
 async fn harness() -> Option<Harness> {
     let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone());
     // The peer shares the store, not the first instance's observations: a second process.
+    let peer = ObservedExpiryBackend::new(store.clone());
+    let writer = OutsideWriter::new(move |key, change| {
+        let store = store.clone();
+        async move {
+            match change {
+                OutsideChange::Delete => {
+                    store.delete(&key);
+                }
+                _ => store.put_unreadable(&key, "foreign bytes"),
+            }
+            Ok(OutsideWrite::Done)
+        }
+    });
     Some(
-        Harness::new(ObservedExpiryBackend::new(store.clone()))
-            .with_peer(ObservedExpiryBackend::new(store))
-            .with_ttl(Duration::from_millis(400)),
+        Harness::new(backend)
+            .with_peer(peer)
+            .with_ttl(Duration::from_millis(400))
+            .with_outside_writer(writer),
     )
 }
 
@@ -211,7 +226,7 @@ async fn fresh_acquire_is_one_create_and_cached_renew_and_release_one_update_eac
     let backend = ObservedExpiryBackend::new(store.clone());
     let k = key("counted");
     let holder = HolderToken::generate();
-    assert_eq!(granted(&backend, &k, holder).await, FencingToken::new(1));
+    let first = granted(&backend, &k, holder).await;
     let calls: StoreCalls = store.calls();
     assert_eq!((calls.creates, calls.total()), (1, 1), "{calls:?}");
     let before = store.calls().total();
@@ -241,16 +256,12 @@ async fn fresh_acquire_is_one_create_and_cached_renew_and_release_one_update_eac
     );
     let free = store.peek(&k).unwrap();
     assert!(free.is_free());
-    assert_eq!(
-        free.fencing,
-        FencingToken::new(1),
-        "release keeps the counter"
-    );
+    assert_eq!(free.fencing, first, "release keeps the counter");
     // A free known key: one read and one update, with the next token.
     let before = store.calls().total();
     assert_eq!(
-        granted(&backend, &k, HolderToken::generate()).await,
-        FencingToken::new(2)
+        granted(&backend, &k, HolderToken::generate()).await.get(),
+        first.get() + 1
     );
     assert_eq!(store.calls().total() - before, 2);
 }
@@ -536,7 +547,7 @@ async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
     let (store, first_process, cold) = two_processes();
     let k = key("released-elsewhere");
     let holder = HolderToken::generate();
-    granted(&first_process, &k, holder).await;
+    let first = granted(&first_process, &k, holder).await;
     first_process
         .release(&ReleaseRequest::new(k.clone(), holder))
         .await
@@ -545,8 +556,8 @@ async fn a_cold_instance_gets_a_free_key_on_its_first_attempt() {
     // lease and takes it, all in one acquire (create + read + update).
     let before = store.calls().total();
     assert_eq!(
-        granted(&cold, &k, HolderToken::generate()).await,
-        FencingToken::new(2)
+        granted(&cold, &k, HolderToken::generate()).await.get(),
+        first.get() + 1
     );
     assert_eq!(store.calls().total() - before, 3);
 }
@@ -624,5 +635,44 @@ async fn granted_on<B: Backend>(backend: &B, key: &LeaseKey, holder: HolderToken
     assert!(matches!(
         backend.acquire(&request).await.unwrap(),
         AcquireOutcome::Acquired(_)
+    ));
+}
+
+/// Item 11 of issue 19: keys of leases lost without a release do not pile up in the instance's
+/// memory; forgetting them costs a read, never a grant.
+#[tokio::test(start_paused = true)]
+async fn remembered_keys_are_bounded_and_forgetting_is_safe() {
+    let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone()).with_key_limit(8);
+    let mut grants = Vec::new();
+    for i in 0..50 {
+        let k = key(&format!("lost-{i}"));
+        let holder = HolderToken::generate();
+        granted(&backend, &k, holder).await;
+        grants.push((k, holder));
+        assert!(
+            backend.remembered_keys() <= 8,
+            "{} keys remembered",
+            backend.remembered_keys()
+        );
+    }
+    // The first grant was forgotten long ago: its renewal reads and still finds it ours.
+    let (k, holder) = &grants[0];
+    let renewed = backend
+        .renew(&RenewRequest::new(k.clone(), *holder, TTL))
+        .await
+        .unwrap();
+    assert_eq!(renewed, RenewOutcome::Renewed(TTL));
+    // And a contender on another instance still cannot take it before the rule.
+    let other = ObservedExpiryBackend::new(store);
+    let request = AcquireRequest::new(
+        k.clone(),
+        HolderToken::generate(),
+        TTL,
+        HolderMetadata::from_stored_lossy("other"),
+    );
+    assert!(matches!(
+        other.acquire(&request).await.unwrap(),
+        AcquireOutcome::Held(_)
     ));
 }

@@ -15,7 +15,9 @@ use lease_core::{
     ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
 };
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 
 use crate::document::{self, MAX_DOCUMENT_BYTES};
 use crate::error::{WriteFailure, classify, classify_write};
@@ -26,6 +28,8 @@ pub struct ObjectStoreLeases {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     name: &'static str,
+    /// Set once the store has shown that it refuses the conditional writes it must refuse.
+    conditions_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl fmt::Debug for ObjectStoreLeases {
@@ -44,6 +48,107 @@ impl ObjectStoreLeases {
             store,
             prefix,
             name,
+            conditions_checked: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// Checks once per instance, before its first write, that the store refuses the conditional
+    /// writes it must refuse, by behaviour rather than by name: on a probe object next to the
+    /// leases (`prefix/.lease-probe-<random>`, not a key, deleted afterwards) it creates, updates
+    /// on the version it got, then expects a second create and an update on that now stale
+    /// version to be refused. A store that ignores `If-None-Match` / `If-Match` (some
+    /// S3-compatible stores and emulators) would grant a key to every contender; one without
+    /// conditional updates (`LocalFileSystem`, wrapped or not) could never renew or release.
+    /// Either is a fatal error; a transient failure is reported and the check runs again on the
+    /// next write.
+    async fn check_conditions(&self) -> Result<(), BackendError> {
+        self.conditions_checked
+            .get_or_try_init(|| self.probe_conditions())
+            .await
+            .map(|_| ())
+    }
+
+    async fn probe_conditions(&self) -> Result<(), BackendError> {
+        let random = lease_core::HolderToken::generate().to_string();
+        let probe: Path = self
+            .prefix
+            .parts()
+            .chain(std::iter::once(
+                format!(".lease-probe-{}", &random[..16]).as_str().into(),
+            ))
+            .collect();
+        let result = self.probe_at(&probe).await;
+        if let Err(e) = self.store.delete(&probe).await {
+            tracing::debug!(object = %probe, error = %e, "could not delete the conditional-write probe");
+        }
+        result
+    }
+
+    async fn probe_at(&self, probe: &Path) -> Result<(), BackendError> {
+        let ignored = |what: &str| {
+            BackendError::fatal(
+                self.name,
+                format!(
+                    "this store ignored a conditional write ({what} succeeded on the probe object \
+                     {probe}): it would grant a lease to every contender; use a store that honours \
+                     If-None-Match and If-Match (or S3's conditional-put setting)"
+                ),
+            )
+        };
+        // Each write's bytes differ: an S3 ETag is a hash of the content, and a rewrite with the
+        // same bytes would leave the "stale" version current.
+        let put = |mode: PutMode, step: &'static [u8]| {
+            self.store
+                .put_opts(probe, PutPayload::from_static(step), PutOptions::from(mode))
+        };
+        let first = put(PutMode::Create, b"lease-objstore conditional write probe 1")
+            .await
+            .map_err(|e| self.write_error(&e, true))?;
+        let stale = UpdateVersion {
+            e_tag: first.e_tag,
+            version: first.version,
+        };
+        if stale.e_tag.is_none() && stale.version.is_none() {
+            return Err(BackendError::fatal(
+                self.name,
+                "the store returned neither an ETag nor a version: conditional updates are impossible",
+            ));
+        }
+        put(
+            PutMode::Update(stale.clone()),
+            b"lease-objstore conditional write probe 2",
+        )
+        .await
+        .map_err(|e| self.write_error(&e, false))?;
+        match put(PutMode::Create, b"lease-objstore conditional write probe 3").await {
+            Ok(_) => return Err(ignored("a create over an existing object")),
+            Err(e) => match classify_write(self.name, &e, true) {
+                WriteFailure::Conflict => {}
+                WriteFailure::Failed(error) => return Err(error),
+            },
+        }
+        match put(
+            PutMode::Update(stale),
+            b"lease-objstore conditional write probe 4",
+        )
+        .await
+        {
+            Ok(_) => Err(ignored("an update on a stale version")),
+            Err(e) => match classify_write(self.name, &e, false) {
+                WriteFailure::Conflict => Ok(()),
+                WriteFailure::Failed(error) => Err(error),
+            },
+        }
+    }
+
+    /// A probe write that failed: a conflict here means the probe raced with itself (transient).
+    fn write_error(&self, error: &object_store::Error, create: bool) -> BackendError {
+        match classify_write(self.name, error, create) {
+            WriteFailure::Conflict => BackendError::transient(
+                self.name,
+                "the conditional-write probe object changed while it was checked; try again",
+            ),
+            WriteFailure::Failed(e) => e,
         }
     }
 
@@ -88,7 +193,12 @@ impl ObjectStoreLeases {
     async fn read_path(&self, path: &Path) -> Result<ReadOutcome<UpdateVersion>, BackendError> {
         let result = match self.store.get_opts(path, GetOptions::default()).await {
             Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(ReadOutcome::Absent),
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return match crate::error::missing_container(self.name, &e) {
+                    Some(fatal) => Err(fatal),
+                    None => Ok(ReadOutcome::Absent),
+                };
+            }
             Err(e) => return Err(classify(self.name, &e)),
         };
         let version = UpdateVersion {
@@ -117,15 +227,9 @@ impl ObjectStoreLeases {
         lease: &StoredLease,
     ) -> Result<WriteOutcome<UpdateVersion>, BackendError> {
         let create = matches!(mode, PutMode::Create);
-        if self.name == "local-files" {
-            // LocalFileSystem can create but not update conditionally: refuse before writing
-            // anything, so no lease is granted that could never be renewed or released safely.
-            return Err(BackendError::fatal(
-                self.name,
-                "the local file store cannot hold leases: it has no conditional update \
-                 (PutMode::Update); use sqlite:// for a local lease store",
-            ));
-        }
+        // Before anything is written: a store that ignores conditions, or cannot update
+        // conditionally (LocalFileSystem, wrapped or not), must never grant.
+        self.check_conditions().await?;
         let payload = PutPayload::from(document::encode(lease));
         let options = PutOptions::from(mode);
         match self.store.put_opts(&self.path(key), payload, options).await {

@@ -35,6 +35,12 @@ struct Document {
     revision: u64,
 }
 
+/// Just the `format` field of a JSON object, whatever else it holds.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: String,
+}
+
 /// Why some bytes are not a lease document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -71,14 +77,18 @@ pub fn decode(bytes: &[u8]) -> Result<StoredLease, NotALease> {
     if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
         return Err(too_large(bytes.len() as u64));
     }
-    let document: Document = serde_json::from_slice(bytes)
+    // The format first: a later version's document (with fields this version does not know) is
+    // "unknown format", not "unknown field".
+    let format: FormatOnly = serde_json::from_slice(bytes)
         .map_err(|e| NotALease(format!("not a lease document ({e})")))?;
-    if document.format != FORMAT {
+    if format.format != FORMAT {
         return Err(NotALease(format!(
             "unknown format {:?} (this version reads {FORMAT:?})",
-            truncate(&document.format)
+            truncate(&format.format)
         )));
     }
+    let document: Document = serde_json::from_slice(bytes)
+        .map_err(|e| NotALease(format!("not a lease document ({e})")))?;
     let fencing = FencingToken::new(document.fencing);
     let mut lease = match document.holder {
         None => {
@@ -193,6 +203,14 @@ mod tests {
             assert!(decode(bad.as_bytes()).is_err(), "accepted {bad}");
         }
         assert!(decode(&vec![b' '; MAX_DOCUMENT_BYTES as usize + 1]).is_err());
+    }
+
+    /// Item 10 of issue 19: a later version's document is reported by its format.
+    #[test]
+    fn a_future_format_with_new_fields_is_an_unknown_format() {
+        let future = br#"{"format":"lease-objstore/2","holder":null,"fencing":1,"expires_at_ms":5,"revision":1}"#;
+        let why = decode(future).unwrap_err().to_string();
+        assert!(why.contains("unknown format \"lease-objstore/2\""), "{why}");
     }
 
     proptest! {

@@ -7,6 +7,8 @@
 //! | `AlreadyExists` from HTTP 409 `ConditionalRequestConflict` (S3), or any 409 on update | write | transient: retry |
 //! | `PermissionDenied` (403), `Unauthenticated` (401) | any | fatal, at once |
 //! | `NotImplemented`, `NotSupported`, `UnknownConfigurationKey`, `InvalidPath` | any | fatal |
+//! | HTTP 301 (S3: the bucket is in another region) | any | fatal, naming the region setting |
+//! | HTTP 400 `RequestTimeout` (S3: the body was not sent in time) | any | transient |
 //! | HTTP 400, 404 (a missing bucket), 405, other 4xx except 408 / 429 | any | fatal |
 //! | 5xx, 408, 429, timeouts, connection errors, anything else | any | transient (outcome unknown) |
 //!
@@ -33,9 +35,43 @@ fn status(error: &Error) -> Option<u16> {
     after.get(..3)?.parse().ok()
 }
 
+/// A `NotFound` whose cause is a missing bucket or container, not a missing object: fatal
+/// (nothing can ever be stored there), whichever operation met it. S3 names it `NoSuchBucket`,
+/// Azure `ContainerNotFound`; GCS answers a missing bucket's object read like a missing object.
+pub(crate) fn missing_container(store: &'static str, error: &Error) -> Option<BackendError> {
+    let message = redact(&error.to_string());
+    let named = [
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "The specified bucket does not exist",
+    ];
+    named.iter().any(|n| message.contains(n)).then(|| {
+        BackendError::fatal(
+            store,
+            format!("the bucket or container does not exist (create it first): {message}"),
+        )
+    })
+}
+
 /// A failed read or list.
 pub(crate) fn classify(store: &'static str, error: &Error) -> BackendError {
     let message = redact(&error.to_string());
+    if status(error) == Some(301) {
+        // S3 answers a request sent to another region's endpoint with 301 (and no Location):
+        // retrying the same endpoint can never succeed.
+        return BackendError::fatal(
+            store,
+            format!(
+                "the bucket is in another region than the one configured (HTTP 301): set the \
+                 bucket's region (aws_region / AWS_REGION): {message}"
+            ),
+        );
+    }
+    if status(error) == Some(400) && message.contains("RequestTimeout") {
+        // S3's 400 RequestTimeout: the request body was not sent in time. Nothing was written
+        // and a retry may pass.
+        return BackendError::transient(store, message);
+    }
     let fatal = match error {
         Error::PermissionDenied { .. } | Error::Unauthenticated { .. } => {
             return BackendError::fatal(
@@ -205,6 +241,41 @@ mod tests {
             source: status("Server returned non-2xx status code: 404 Not Found: NoSuchBucket"),
         };
         assert!(!classify("s3", &no_bucket).is_transient());
+        // Item 6 of issue 19: a read's 404 for a missing bucket is not "no lease".
+        let no_bucket_read = Error::NotFound {
+            path: path(),
+            source: status(
+                "Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>",
+            ),
+        };
+        let e = missing_container("s3", &no_bucket_read).expect("a missing bucket");
+        assert_eq!(e.kind(), lease_core::BackendErrorKind::Fatal);
+        let no_key = Error::NotFound {
+            path: path(),
+            source: status(
+                "Server returned non-2xx status code: 404 Not Found: <Code>NoSuchKey</Code>",
+            ),
+        };
+        assert!(missing_container("s3", &no_key).is_none());
+        // Item 7 of issue 19, as AWS documents them.
+        let moved = Error::Generic {
+            store: "S3",
+            source: status("Server returned non-2xx status code: 301 Moved Permanently: "),
+        };
+        let e = classify("s3", &moved);
+        assert_eq!(e.kind(), lease_core::BackendErrorKind::Fatal, "{e}");
+        assert!(e.message().contains("region"), "{e}");
+        let slow_body = Error::Generic {
+            store: "S3",
+            source: status(
+                "Server returned non-2xx status code: 400 Bad Request: <Error><Code>RequestTimeout</Code></Error>",
+            ),
+        };
+        assert!(classify("s3", &slow_body).is_transient());
+        match classify_write("s3", &slow_body, false) {
+            WriteFailure::Failed(e) => assert!(e.is_transient(), "{e}"),
+            other => panic!("{other:?}"),
+        }
         let busy = Error::Generic {
             store: "S3",
             source: status("Server returned non-2xx status code: 503 Service Unavailable"),

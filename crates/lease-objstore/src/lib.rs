@@ -3,8 +3,9 @@
 //!
 //! One small JSON document per key (see [`document`]) holds the holder token, the fencing counter
 //! and the TTL. Every change is one conditional write: `PutMode::Create` for a key's first grant,
-//! `PutMode::Update` on the version just read for everything after. Objects are never deleted,
-//! so fencing tokens only rise. Nothing on the store can tell that a lease expired, so expiry is
+//! `PutMode::Update` on the version just read for everything after. Objects are never deleted by
+//! the backend, and a key whose object is gone (deleted by hand or by a lifecycle rule) starts
+//! again from the clock in microseconds, so fencing tokens only rise. Nothing on the store can tell that a lease expired, so expiry is
 //! *observed*: a contender takes an abandoned lease over only after it has seen the same version
 //! unchanged for `TTL × (1 + max drift) + margin` on its own monotonic clock (the rule of
 //! [`lease_core::observed`]). A contender that arrives cold waits about one TTL before taking
@@ -21,8 +22,9 @@
 //! let locker = Locker::builder(backend).ttl(Duration::from_secs(30)).build()?;
 //! let lease = locker.try_acquire("reports/daily").await?.expect("a fresh key is free");
 //! // Pass the token with every write to the protected resource; stop when lease.lost() fires.
+//! // A new key's first token is the clock in microseconds; each grant after adds one.
 //! let token = lease.fencing_token();
-//! assert_eq!(token.get(), 1);
+//! assert!(token.get() > 1_000_000_000_000_000);
 //! lease.release().await?;
 //! # Ok(()) }
 //! ```

@@ -73,8 +73,15 @@ fn raw_store(server: &'static Azurite) -> Arc<dyn ObjectStore> {
 async fn harness() -> Option<Harness> {
     let server = server().await?;
     let make = factory(server, &common::random_name("kit"));
-    // A second backend on the same store (its own observations): a second process.
-    Some(Harness::new(make()).with_peer(make()).with_ttl(KIT_TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        // A second backend on the same store (its own observations): a second process.
+        Harness::new(backend)
+            .with_peer(make())
+            .with_ttl(KIT_TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);
@@ -152,4 +159,36 @@ async fn fenced_store_refuses_what_cannot_be_fenced() {
     let Some(server) = server().await else { return };
     let store = raw_store(server);
     common::fenced::what_cannot_be_fenced_is_refused(store).await;
+}
+
+/// Item 6 of issue 19: a missing container is fatal for every operation, inspect included (a 404
+/// on read means "no lease" only when the blob, not the container, is missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_container_is_fatal_everywhere() {
+    let Some(server) = server().await else { return };
+    let url = format!("az://{}/p", common::random_name("no-such-container"));
+    let backend = ObjectStoreBackend::from_url(
+        &url,
+        server.options.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    )
+    .unwrap();
+    let locker = lease_objstore::Locker::builder(backend)
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let err = locker.inspect("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "inspect: {err}"
+    );
+    assert!(err.to_string().contains("container"), "{err}");
+    let err = locker.list("").await.unwrap_err();
+    assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "list: {err}");
+    let err = locker.try_acquire("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "acquire: {err}"
+    );
 }

@@ -12,7 +12,7 @@ use lease_objstore::object_store::memory::InMemory;
 use lease_objstore::object_store::path::Path;
 use lease_objstore::object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use lease_objstore::{BuildError, ErrorKind, Locker, ObjectStoreBackend};
 use object_store::local::LocalFileSystem;
@@ -27,8 +27,15 @@ fn shared() -> (Arc<dyn ObjectStore>, Factory) {
 
 async fn harness() -> Option<Harness> {
     let (_, make) = shared();
-    // A second backend on the same store (its own observations): a second process.
-    Some(Harness::new(make()).with_peer(make()).with_ttl(TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        // A second backend on the same store (its own observations): a second process.
+        Harness::new(backend)
+            .with_peer(make())
+            .with_ttl(TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);
@@ -81,6 +88,56 @@ async fn a_local_file_store_passed_directly_grants_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Item 8 of issue 19: a `LocalFileSystem` inside another store (here a `PrefixStore`) is found by
+/// what it does, not by its name: no lease is granted and nothing is written under the prefix.
+#[tokio::test]
+async fn a_wrapped_local_file_store_grants_nothing() {
+    let dir = std::env::temp_dir().join(common::random_name("lease-objstore-wrapped"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let local = LocalFileSystem::new_with_prefix(&dir).unwrap();
+    let store = Arc::new(object_store::prefix::PrefixStore::new(local, "sub"));
+    let locker = Locker::builder(ObjectStoreBackend::new(store, "leases"))
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let err = locker.try_acquire("job").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
+    assert!(err.to_string().contains("conditional"), "{err}");
+    assert!(
+        !dir.join("sub/leases/job").exists(),
+        "a lease object was written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 8 of issue 19: a store that ignores `If-None-Match` / `If-Match` would grant a key to every
+/// contender; the backend finds out before its first grant and refuses with a fatal error.
+#[tokio::test]
+async fn a_store_that_ignores_conditions_grants_nothing() {
+    let store = Arc::new(ListingRecorder {
+        ignore_conditions: true,
+        ..ListingRecorder::default()
+    });
+    let backend = ObjectStoreBackend::new(Arc::clone(&store) as Arc<dyn ObjectStore>, "leases");
+    let locker = Locker::builder(backend).ttl(TTL).build().unwrap();
+    for _ in 0..2 {
+        let err = locker.try_acquire("job").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
+        assert!(
+            err.to_string().contains("ignored a conditional write"),
+            "{err}"
+        );
+    }
+    let lease_object = store.inner.head(&Path::from("leases/job")).await;
+    assert!(
+        lease_object.is_err(),
+        "a lease object was written: {lease_object:?}"
+    );
+    // The probe object is cleaned up.
+    let left: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(store.inner.list(None)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn bad_urls_and_options_are_typed_errors_without_secrets() {
     let err = ObjectStoreBackend::from_url("not a url", [("k", "v"); 0]).unwrap_err();
@@ -128,6 +185,8 @@ struct ListingRecorder {
     slow_reads: std::sync::atomic::AtomicBool,
     reading: std::sync::atomic::AtomicUsize,
     most_reading: std::sync::atomic::AtomicUsize,
+    /// Writes every put unconditionally, as a store that ignores If-None-Match / If-Match would.
+    ignore_conditions: bool,
 }
 
 impl std::fmt::Display for ListingRecorder {
@@ -142,8 +201,11 @@ impl ObjectStore for ListingRecorder {
         &self,
         location: &Path,
         payload: PutPayload,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        if self.ignore_conditions {
+            opts.mode = PutMode::Overwrite;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 

@@ -90,8 +90,15 @@ async fn harness() -> Option<Harness> {
     let s3 = server().await?;
     let make = factory(s3, &common::random_name("kit"));
     // A TTL that covers moto's latency while every case of the kit runs at once on two cores.
-    // A second backend on the same store (its own observations): a second process.
-    Some(Harness::new(make()).with_peer(make()).with_ttl(KIT_TTL))
+    let backend = make();
+    let writer = common::outside_writer(&backend);
+    Some(
+        // A second backend on the same store (its own observations): a second process.
+        Harness::new(backend)
+            .with_peer(make())
+            .with_ttl(KIT_TTL)
+            .with_outside_writer(writer),
+    )
 }
 
 lease_objstore::conformance_tests!(harness);
@@ -179,4 +186,36 @@ async fn fenced_store_refuses_what_cannot_be_fenced() {
     let Some(s3) = server().await else { return };
     let store = raw_store(s3);
     common::fenced::what_cannot_be_fenced_is_refused(store).await;
+}
+
+/// Item 6 of issue 19: a missing bucket is fatal for every operation, inspect and list included
+/// (a 404 on read is "no lease" only when the object, not the bucket, is missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_fatal_everywhere() {
+    let Some(s3) = server().await else { return };
+    let url = format!("s3://{}/p", common::random_name("no-such-bucket"));
+    let backend = ObjectStoreBackend::from_url(
+        &url,
+        s3.options.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    )
+    .unwrap();
+    let locker = lease_objstore::Locker::builder(backend)
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let err = locker.inspect("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "inspect: {err}"
+    );
+    assert!(err.to_string().contains("bucket"), "{err}");
+    let err = locker.list("").await.unwrap_err();
+    assert_eq!(err.kind(), lease_objstore::ErrorKind::Fatal, "list: {err}");
+    let err = locker.try_acquire("k").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        lease_objstore::ErrorKind::Fatal,
+        "acquire: {err}"
+    );
 }

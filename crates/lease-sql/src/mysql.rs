@@ -24,6 +24,12 @@ const NAME: &str = "mysql";
 /// those fit a signed BIGINT).
 const HELD_SENTINEL: u64 = u64::MAX;
 
+/// The first fencing token of a row: microseconds since the Unix epoch on the server's clock
+/// (`UTC_TIMESTAMP(6)` is fixed for the statement; `TIMESTAMPDIFF` from the epoch does not depend
+/// on the session time zone), so a row deleted behind the backend's back restarts above every
+/// token it issued (docs/protocol.md, "Where the counter starts").
+const FIRST_TOKEN: &str = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))";
+
 /// Leases per batched renewal statement: bounds its one JSON parameter to about 1.5 MB, well
 /// under the server's default `max_allowed_packet` (16 MB on MariaDB 10.11, 64 MB on MySQL 8).
 const RENEW_CHUNK: usize = 16_384;
@@ -144,15 +150,17 @@ impl Dialect for MySqlDialect {
                  \x20   PRIMARY KEY (name)\n\
                  ) ENGINE = InnoDB"
             ),
-            // `LAST_INSERT_ID(1)` in VALUES makes an insert report 1, so a reply of 0 is never a
-            // valid answer (an UPDATE trigger resets what the update branch reports to 0).
+            // `LAST_INSERT_ID(first token)` in VALUES makes an insert report its token, so a reply
+            // of 0 is never a valid answer (an UPDATE trigger resets what the update branch
+            // reports to 0). A new row (the first grant, or one after the row was deleted) starts
+            // its counter from the server's clock in microseconds, above any earlier token.
             // ON DUPLICATE KEY UPDATE assigns left to right and later expressions see earlier
             // assignments, so every column that TAKE or SAME reads (fencing, holder, expires_at)
             // is assigned only after the expressions that need its old value, and each
             // re-evaluation of TAKE gives the same answer (see docs/backends/sql.md).
             acquire: format!(
                 "INSERT INTO {t} (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)\n\
-                 VALUES (?, ?, ?, LAST_INSERT_ID(1), ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)\n\
+                 VALUES (?, ?, ?, LAST_INSERT_ID({FIRST_TOKEN}), ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)\n\
                  ON DUPLICATE KEY UPDATE\n\
                  \x20   fencing = IF({TAKE}, LAST_INSERT_ID(IF({SAME}, fencing, fencing + 1)),\n\
                  \x20                IF(LAST_INSERT_ID({HELD_SENTINEL}) > 0, fencing, fencing)),\n\
@@ -287,16 +295,13 @@ impl Dialect for MySqlDialect {
             .await
             .map_err(|e| classify("acquire", e))?;
         let ttl = Duration::from_millis(ttl_ms.unsigned_abs());
-        // Inserted: 1 row, LAST_INSERT_ID 1 (from VALUES). Taken over or re-acquired: 2 rows (the
-        // client asks for found rows, so an untouched row counts 1), LAST_INSERT_ID = the token.
-        // Held: LAST_INSERT_ID = the sentinel. Anything else (an UPDATE trigger makes it 0) is
-        // not trusted: the row read back says whether this holder token got the key.
+        // Inserted: 1 row, LAST_INSERT_ID = the first token (from VALUES). Taken over or
+        // re-acquired: 2 rows (the client asks for found rows, so an untouched row counts 1),
+        // LAST_INSERT_ID = the token. Held: LAST_INSERT_ID = the sentinel (the untouched row
+        // counts 1). Anything else (an UPDATE trigger makes it 0) is not trusted: the row read
+        // back says whether this holder token got the key.
         Ok(match (done.rows_affected(), done.last_insert_id()) {
-            (1, 1) => AcquireReply::Granted {
-                fencing: FencingToken::new(1),
-                ttl,
-            },
-            (2, token) if (1..=FENCING_MAX as u64).contains(&token) => AcquireReply::Granted {
+            (1 | 2, token) if (1..=FENCING_MAX as u64).contains(&token) => AcquireReply::Granted {
                 fencing: FencingToken::new(token),
                 ttl,
             },

@@ -79,6 +79,11 @@ impl std::fmt::Debug for PostgresDialect {
     }
 }
 
+/// The first fencing token of a row: microseconds since the Unix epoch on the server's clock
+/// (`n.now`, the statement's one `clock_timestamp()`), so a row deleted behind the backend's back
+/// restarts above every token it issued (docs/protocol.md, "Where the counter starts").
+const FIRST_TOKEN: &str = "floor(extract(epoch FROM n.now) * 1000000)::bigint";
+
 /// The columns a read returns, in order: holder, holder_meta, fencing, ttl_ms, acquired_at (µs
 /// since the epoch), remaining (µs until expiry on the server's clock).
 fn read_columns(prefix: &str) -> String {
@@ -159,9 +164,11 @@ impl Dialect for PostgresDialect {
             ),
             // `now` is computed once (the sub-select) and reaches the conflict branch as
             // EXCLUDED.acquired_at, so every comparison in the statement uses the same instant.
+            // A new row (the first grant, or one after the row was deleted) starts its counter
+            // from the server's clock in microseconds, above any token the key issued before.
             acquire: format!(
                 "INSERT INTO {t} AS l (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)\n\
-                 SELECT $1, $2, $3, 1, $4::bigint, n.now, n.now + $4::bigint * interval '1 millisecond'\n\
+                 SELECT $1, $2, $3, {FIRST_TOKEN}, $4::bigint, n.now, n.now + $4::bigint * interval '1 millisecond'\n\
                  FROM (SELECT clock_timestamp() AS now) AS n\n\
                  ON CONFLICT (name) DO UPDATE SET\n\
                  \x20   fencing = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > EXCLUDED.acquired_at\n\

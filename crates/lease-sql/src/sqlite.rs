@@ -45,7 +45,7 @@ const READ_COLUMNS: &str = "holder, holder_meta, fencing, ttl_ms, acquired_at, e
 /// backend.migrate().await?;
 /// let locker = Locker::new(backend);
 /// let lease = locker.try_acquire("nightly").await?.expect("free");
-/// assert_eq!(lease.fencing_token().get(), 1);
+/// println!("fencing token {}", lease.fencing_token()); // microseconds since 1970 on a new key
 /// lease.release().await?;
 /// # Ok(()) }
 /// ```
@@ -122,9 +122,12 @@ impl Dialect for SqliteDialect {
                  \x20   expires_at  INTEGER  -- Unix milliseconds, SQLite's clock\n\
                  )"
             ),
+            // A new row (the first grant, or one after the row was deleted) starts its counter
+            // from the clock in microseconds (SQLite's clock has millisecond steps), above any
+            // token the key issued before.
             acquire: format!(
                 "INSERT INTO {t} AS l (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)\n\
-                 VALUES (?1, ?2, ?3, 1, ?4, {NOW}, {NOW} + ?4)\n\
+                 VALUES (?1, ?2, ?3, {NOW} * 1000, ?4, {NOW}, {NOW} + ?4)\n\
                  ON CONFLICT (name) DO UPDATE SET\n\
                  \x20   fencing = CASE WHEN l.holder = excluded.holder AND l.expires_at > excluded.acquired_at\n\
                  \x20                 THEN l.fencing ELSE l.fencing + 1 END,\n\

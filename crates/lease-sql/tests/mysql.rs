@@ -7,9 +7,9 @@ mod support;
 mod fenced;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lease_core::conformance::{Harness, require_env};
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter, require_env};
 use lease_sql::sqlx::mysql::MySqlPoolOptions;
 use lease_sql::sqlx::{self, AssertSqlSafe};
 use lease_sql::{
@@ -40,9 +40,36 @@ async fn backend() -> Option<MySqlBackend> {
 async fn harness() -> Option<Harness> {
     let url = url()?;
     let table = unique_table();
+    let backend = backend_on(&url, table.clone()).await;
     // A second instance on the same table, with its own pool: a second process.
-    let peer = backend_on(&url, table.clone()).await;
-    Some(Harness::new(backend_on(&url, table).await).with_peer(peer))
+    let peer = backend_on(&url, table).await;
+    let writer = row_deleter(&backend);
+    Some(
+        Harness::new(backend)
+            .with_peer(peer)
+            .with_outside_writer(writer),
+    )
+}
+
+/// Deletes a key's row as a clean-up job would (`DELETE FROM leases`). A row always has its
+/// `fencing` column (NOT NULL), so there is nothing to overwrite it with but another counter.
+fn row_deleter(backend: &MySqlBackend) -> OutsideWriter {
+    let pool = backend.pool().clone();
+    let delete = format!("DELETE FROM `{}` WHERE name = ?", backend.table().as_str());
+    OutsideWriter::new(move |key, change| {
+        let (pool, delete) = (pool.clone(), delete.clone());
+        async move {
+            if change != OutsideChange::Delete {
+                return Ok(OutsideWrite::NotApplicable);
+            }
+            sqlx::query(AssertSqlSafe(delete))
+                .bind(key.as_str())
+                .execute(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(OutsideWrite::Done)
+        }
+    })
 }
 
 lease_core::conformance_tests!(harness);
@@ -97,7 +124,16 @@ async fn keys_are_case_sensitive() {
         .await
         .unwrap()
         .expect("a different key");
-    assert_eq!((a.fencing_token().get(), b.fencing_token().get()), (1, 1));
+    // Two rows, each with its own counter (neither bumped the other's).
+    let (ra, rb) = (
+        locker.inspect("Job").await.unwrap().unwrap(),
+        locker.inspect("job").await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (ra.fencing, rb.fencing),
+        (a.fencing_token(), b.fencing_token())
+    );
+    assert!(ra.is_held_by(&a.holder_token()) && rb.is_held_by(&b.holder_token()));
 }
 
 #[tokio::test]
@@ -159,14 +195,9 @@ async fn connection_killed_mid_acquire_is_resolved() {
         .build()
         .unwrap();
     let key = format!("killed-{}", support::random_suffix());
-    locker
-        .try_acquire(&key)
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    let first = locker.try_acquire(&key).await.unwrap().unwrap();
+    let first_token = first.fencing_token().get();
+    first.release().await.unwrap();
     let t = backend.table().as_str();
 
     let kill_blocked_acquire = |blocker_id: u64| {
@@ -232,7 +263,7 @@ async fn connection_killed_mid_acquire_is_resolved() {
         .expect("acquire finished")
         .unwrap()
         .expect("acquired after the kill");
-    assert_eq!(lease.fencing_token().get(), 2);
+    assert_eq!(lease.fencing_token().get(), first_token + 1);
     let record = locker.inspect(&key).await.unwrap().unwrap();
     assert!(record.is_held_by(&lease.holder_token()));
     lease.release().await.unwrap();
@@ -259,10 +290,21 @@ async fn acquire_reply_decoding() {
         AcquireOutcome::Acquired(g) => Some(g.fencing.get()),
         _ => None,
     };
-    assert_eq!(token(backend.acquire(&request(me)).await.unwrap()), Some(1));
+    // The insert reports the token it stored: the server's clock in microseconds.
+    let first = token(backend.acquire(&request(me)).await.unwrap()).expect("granted");
+    let stored = backend.inspect(&key).await.unwrap().unwrap().fencing.get();
+    assert_eq!(first, stored);
+    let local_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(
+        first.abs_diff(local_us) < 60_000_000,
+        "the first token {first} is not the server clock in µs (local {local_us})"
+    );
     assert_eq!(
         token(backend.acquire(&request(me)).await.unwrap()),
-        Some(1),
+        Some(first),
         "re-acquire"
     );
     match backend
@@ -281,7 +323,7 @@ async fn acquire_reply_decoding() {
                 .await
                 .unwrap()
         ),
-        Some(2)
+        Some(first + 1)
     );
 }
 
@@ -386,7 +428,7 @@ async fn update_trigger_is_refused_and_never_breaks_exclusion() {
         .acquire(&acquire_request(&key, a, ttl))
         .await
         .unwrap();
-    assert_eq!(granted_token(&first), Some(1));
+    let t1 = granted_token(&first).expect("granted");
     match backend
         .acquire(&acquire_request(&key, b, ttl))
         .await
@@ -399,13 +441,17 @@ async fn update_trigger_is_refused_and_never_breaks_exclusion() {
         .acquire(&acquire_request(&key, a, ttl))
         .await
         .unwrap();
-    assert_eq!(granted_token(&again), Some(1), "re-acquire keeps the token");
+    assert_eq!(
+        granted_token(&again),
+        Some(t1),
+        "re-acquire keeps the token"
+    );
     tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     let taken = backend
         .acquire(&acquire_request(&key, b, ttl))
         .await
         .unwrap();
-    assert_eq!(granted_token(&taken), Some(2), "takeover after expiry");
+    assert_eq!(granted_token(&taken), Some(t1 + 1), "takeover after expiry");
     let refused = backend
         .acquire(&acquire_request(&key, a, ttl))
         .await
@@ -419,7 +465,7 @@ async fn update_trigger_is_refused_and_never_breaks_exclusion() {
         .acquire(&acquire_request(&key, a, ttl))
         .await
         .unwrap();
-    assert_eq!(granted_token(&next), Some(3));
+    assert_eq!(granted_token(&next), Some(t1 + 2));
 }
 
 /// MariaDB's `max_statement_time` (error 1969) interrupting an acquire stuck behind a row lock is
@@ -448,14 +494,14 @@ async fn statement_time_limit_is_transient() {
     let key = LeaseKey::new(format!("slow-{}", support::random_suffix())).unwrap();
     let a = HolderToken::generate();
     let ttl = Duration::from_secs(5);
-    assert_eq!(
+    assert!(
         granted_token(
             &direct
                 .acquire(&acquire_request(&key, a, ttl))
                 .await
                 .unwrap()
-        ),
-        Some(1)
+        )
+        .is_some()
     );
     let t = direct.table().as_str();
     let mut blocker = direct.pool().begin().await.unwrap();
@@ -709,6 +755,7 @@ async fn round_trips_are_counted() {
 async fn connect_picks_the_dialect_from_the_url() {
     let Some(url) = url() else { return };
     let table = unique_table();
+    let mut tokens = Vec::new();
     for url in [url.clone(), url.replacen("mysql://", "mariadb://", 1)] {
         let backend =
             lease_sql::connect_with(&url, SqlOptions::default().with_table(table.clone()))
@@ -724,6 +771,7 @@ async fn connect_picks_the_dialect_from_the_url() {
             .await
             .unwrap()
             .unwrap();
+        tokens.push(lease.fencing_token().get());
         lease.release().await.unwrap();
     }
     let direct = MySqlBackend::connect_with(&url, SqlOptions::default().with_table(table))
@@ -734,7 +782,11 @@ async fn connect_picks_the_dialect_from_the_url() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(record.fencing.get(), 2, "both URLs reached the same table");
+    assert_eq!(
+        (tokens[1], record.fencing.get()),
+        (tokens[0] + 1, tokens[0] + 1),
+        "both URLs reached the same table"
+    );
 }
 
 /// Fenced transactions on this database (`tests/fenced/mod.rs`).

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lease_core::conformance::{Harness, require_env};
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter, require_env};
 use lease_sql::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use lease_sql::sqlx::{self, AssertSqlSafe};
 use lease_sql::{
@@ -40,9 +40,36 @@ async fn backend() -> Option<PostgresBackend> {
 async fn harness() -> Option<Harness> {
     let url = url()?;
     let table = unique_table();
+    let backend = backend_on(&url, table.clone()).await;
     // A second instance on the same table, with its own pool: a second process.
-    let peer = backend_on(&url, table.clone()).await;
-    Some(Harness::new(backend_on(&url, table).await).with_peer(peer))
+    let peer = backend_on(&url, table).await;
+    let writer = row_deleter(&backend);
+    Some(
+        Harness::new(backend)
+            .with_peer(peer)
+            .with_outside_writer(writer),
+    )
+}
+
+/// Deletes a key's row as a clean-up job would (`DELETE FROM leases`). A row always has its
+/// `fencing` column (NOT NULL), so there is nothing to overwrite it with but another counter.
+fn row_deleter(backend: &PostgresBackend) -> OutsideWriter {
+    let pool = backend.pool().clone();
+    let delete = format!("DELETE FROM {} WHERE name = $1", backend.table().as_str());
+    OutsideWriter::new(move |key, change| {
+        let (pool, delete) = (pool.clone(), delete.clone());
+        async move {
+            if change != OutsideChange::Delete {
+                return Ok(OutsideWrite::NotApplicable);
+            }
+            sqlx::query(AssertSqlSafe(delete))
+                .bind(key.as_str())
+                .execute(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(OutsideWrite::Done)
+        }
+    })
 }
 
 lease_core::conformance_tests!(harness);
@@ -146,14 +173,9 @@ async fn connection_killed_mid_acquire_is_resolved() {
         .build()
         .unwrap();
     let key = format!("killed-{}", support::random_suffix());
-    locker
-        .try_acquire(&key)
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    let first = locker.try_acquire(&key).await.unwrap().unwrap();
+    let first_token = first.fencing_token().get();
+    first.release().await.unwrap();
 
     let kill_blocked_acquire = || async {
         for _ in 0..500 {
@@ -194,7 +216,7 @@ async fn connection_killed_mid_acquire_is_resolved() {
     assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
 
     // acquire: retried with the same holder token after the kill; gets the key once the row
-    // lock is gone, with the next token (1 + 1: nothing was minted by the killed statement).
+    // lock is gone, with the next token (first + 1: nothing was minted by the killed statement).
     let waiting = tokio::spawn({
         let (locker, key) = (locker.clone(), key.clone());
         async move { locker.acquire(&key).await }
@@ -206,7 +228,7 @@ async fn connection_killed_mid_acquire_is_resolved() {
         .expect("acquire finished")
         .unwrap()
         .expect("acquired after the kill");
-    assert_eq!(lease.fencing_token().get(), 2);
+    assert_eq!(lease.fencing_token().get(), first_token + 1);
     let record = locker.inspect(&key).await.unwrap().unwrap();
     assert!(record.is_held_by(&lease.holder_token()));
     lease.release().await.unwrap();
@@ -252,7 +274,6 @@ async fn connection_cut_after_acquire_landed_is_resolved() {
         .expect("resolved by reading back")
         .expect("the grant landed, so it is ours");
     assert_eq!(proxy.cuts(), 1, "the reply was not cut");
-    assert_eq!(lease.fencing_token().get(), 1);
     let record = direct
         .inspect(&LeaseKey::new(&key).unwrap())
         .await
@@ -535,6 +556,7 @@ async fn round_trips_are_counted() {
 async fn connect_picks_the_dialect_from_the_url() {
     let Some(url) = url() else { return };
     let table = unique_table();
+    let mut tokens = Vec::new();
     for url in [url.clone(), url.replacen("postgres://", "postgresql://", 1)] {
         let backend =
             lease_sql::connect_with(&url, SqlOptions::default().with_table(table.clone()))
@@ -551,6 +573,7 @@ async fn connect_picks_the_dialect_from_the_url() {
             .await
             .unwrap()
             .unwrap();
+        tokens.push(lease.fencing_token().get());
         lease.release().await.unwrap();
     }
     let direct = PostgresBackend::connect_with(&url, SqlOptions::default().with_table(table))
@@ -561,7 +584,11 @@ async fn connect_picks_the_dialect_from_the_url() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(record.fencing.get(), 2, "both URLs reached the same table");
+    assert_eq!(
+        (tokens[1], record.fencing.get()),
+        (tokens[0] + 1, tokens[0] + 1),
+        "both URLs reached the same table"
+    );
 }
 
 /// Fenced transactions on this database (`tests/fenced/mod.rs`).

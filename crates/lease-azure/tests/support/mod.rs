@@ -57,7 +57,15 @@ impl Raw {
                 plain.insert(name, value);
             }
         }
-        ms.sort();
+        // The service's order, for the names this client sends: hyphens do not count, and `_`
+        // sorts before digits and letters (a byte sort puts it after digits).
+        let order_key = |name: &str| -> String {
+            name.chars()
+                .filter(|c| *c != '-')
+                .map(|c| if c == '_' { '\u{1}' } else { c })
+                .collect()
+        };
+        ms.sort_by_key(|(name, _)| order_key(name));
         let length = if body.is_empty() {
             String::new()
         } else {
@@ -145,6 +153,16 @@ impl Raw {
             .status()
             .as_u16();
         assert_eq!(status, 201, "put blob");
+    }
+
+    /// Deletes a blob (as another client would); it must exist and not be leased.
+    pub async fn delete_blob(&self, container: &str, name: &str) {
+        let status = self
+            .send("DELETE", &format!("/{container}/{name}"), &[], &[], b"")
+            .await
+            .status()
+            .as_u16();
+        assert_eq!(status, 202, "delete blob");
     }
 
     /// The blob's content and metadata (names lowercased).

@@ -252,7 +252,7 @@ pub(crate) fn list_shows_leases_under_a_prefix(
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
-        lines[0].starts_with(&format!("{prefix}a: free (last fencing token 1)")),
+        lines[0].starts_with(&format!("{prefix}a: free (last fencing token ")),
         "{text}"
     );
     assert!(lines[1].starts_with(&format!("{prefix}b: free")), "{text}");
@@ -267,7 +267,10 @@ pub(crate) fn list_shows_leases_under_a_prefix(
     assert_eq!(records.len(), 3);
     assert_eq!(records[2]["state"], "held");
     assert_eq!(records[2]["holder"], "holder-c");
-    assert_eq!(records[2]["fencing_token"], 1);
+    assert!(
+        records[2]["fencing_token"].as_u64().is_some_and(|t| t > 0),
+        "{records:?}"
+    );
     if reports_expiry {
         assert!(
             records[2]["expires_in_ms"].as_u64().is_some(),

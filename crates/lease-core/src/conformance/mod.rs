@@ -28,6 +28,7 @@ mod cases;
 mod faulty;
 mod observed;
 mod semaphore;
+mod outside;
 
 use std::fmt;
 use std::future::Future;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use faulty::{FaultyBackend, Op};
+pub use outside::{OutsideChange, OutsideWrite, OutsideWriter};
 
 use crate::backend::Backend;
 use crate::key::LeaseKey;
@@ -51,6 +53,7 @@ pub struct Harness {
     peer: Option<Arc<dyn Backend>>,
     ttl: Duration,
     prefix: String,
+    outside: Option<OutsideWriter>,
 }
 
 impl Harness {
@@ -68,6 +71,7 @@ impl Harness {
             peer: None,
             ttl,
             prefix: format!("conformance-{}", &random[..12]),
+            outside: None,
         }
     }
 
@@ -100,6 +104,19 @@ impl Harness {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// Gives the cases a way to change a key's record behind the backend's back, as another tool,
+    /// a lifecycle rule or a person would (see [`OutsideWriter`]). Without one, the case that
+    /// needs it prints a `SKIPPED` line.
+    pub fn with_outside_writer(mut self, writer: OutsideWriter) -> Self {
+        self.outside = Some(writer);
+        self
+    }
+
+    /// The outside writer, when the harness has one.
+    pub fn outside_writer(&self) -> Option<&OutsideWriter> {
+        self.outside.as_ref()
     }
 
     /// The backend under test.
@@ -257,6 +274,7 @@ cases! {
     semaphore_contenders_never_exceed_n: "contenders from several lockers never hold more than N permits by local deadline; each slot's tokens rise in grant order",
     semaphore_lost_permit_signalled_before_regrant: "a cut-off permit holder's lost signal fires before its slot is granted to anyone else, with a higher token",
     semaphore_refuses_mixed_permit_counts: "where the backend can list, a semaphore refuses to hold a permit beside live holders using another permit count, with a typed error naming both",
+    fencing_survives_outside_changes: "a record deleted or overwritten behind the backend's back (another tool, a lifecycle rule, a person): the next grant's token is still above every earlier one",
     invalid_input_is_typed: "invalid keys and TTLs give typed errors: the locker checks before reaching the store, and the backend refuses a TTL outside its range",
     fencing_survives_idle_records: "the fencing counter outlives any idle time: a record is never collected, so tokens never restart",
     batch_renewal_answers_in_order: "renew_many answers each request in the order asked, whatever the key order",

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -21,6 +21,9 @@ use crate::token::{FencingToken, HolderToken};
 /// How many renewals [`ObservedExpiryBackend`] sends at once (each is one conditional write).
 pub const RENEW_CONCURRENCY: usize = 32;
 
+/// How many keys [`ObservedExpiryBackend`] remembers by default before it forgets them all.
+pub const KEY_CACHE_LIMIT: usize = 100_000;
+
 /// A lease [`Backend`] over a store with conditional writes and no clock, deciding expiry by the
 /// [`ObservationRule`].
 ///
@@ -33,7 +36,9 @@ pub const RENEW_CONCURRENCY: usize = 32;
 ///
 /// Request costs: acquire of a key this instance has not seen is one create; of a known key, one
 /// read plus one conditional update when it is granted; renew and release one update. Objects are
-/// never deleted, so the fencing counter never resets. Create one instance per process and share
+/// never deleted by the backend. A key whose object is absent (new, or deleted by someone else)
+/// gets its first token from the clock ([`FencingToken::from_clock`]), so the counter never goes
+/// back even when the object is deleted behind the backend's back. Create one instance per process and share
 /// it: observations made by one instance are not known to another.
 ///
 /// See the [module documentation](super) for an example.
@@ -41,6 +46,7 @@ pub struct ObservedExpiryBackend<S: ConditionalStore> {
     store: S,
     rule: ObservationRule,
     keys: Mutex<HashMap<LeaseKey, KeyState<S::Version>>>,
+    key_limit: usize,
 }
 
 /// What this instance knows about one key.
@@ -91,6 +97,7 @@ impl<S: ConditionalStore> ObservedExpiryBackend<S> {
             store,
             rule,
             keys: Mutex::new(HashMap::new()),
+            key_limit: KEY_CACHE_LIMIT,
         }
     }
 
@@ -111,7 +118,27 @@ impl<S: ConditionalStore> ObservedExpiryBackend<S> {
     }
 
     fn with_key<T>(&self, key: &LeaseKey, f: impl FnOnce(&mut KeyState<S::Version>) -> T) -> T {
-        f(self.keys().entry(key.clone()).or_default())
+        let mut keys = self.keys();
+        if keys.len() >= self.key_limit && !keys.contains_key(key) {
+            // Entries of leases lost without a release are never removed one by one. Forgetting
+            // is safe: an observation starts again (a takeover only waits longer), and a renew or
+            // release without its cached version reads first.
+            keys.clear();
+        }
+        f(keys.entry(key.clone()).or_default())
+    }
+
+    /// Sets how many keys this instance remembers (observations and its own last writes) before
+    /// it forgets them all; [`KEY_CACHE_LIMIT`] by default. Forgetting costs requests, never
+    /// safety: observations start again and renewals read first.
+    pub fn with_key_limit(mut self, limit: usize) -> Self {
+        self.key_limit = limit.max(1);
+        self
+    }
+
+    /// How many keys this instance remembers now.
+    pub fn remembered_keys(&self) -> usize {
+        self.keys().len()
     }
 
     fn known_to_exist(&self, key: &LeaseKey) -> bool {
@@ -345,16 +372,6 @@ impl<S: ConditionalStore> ObservedExpiryBackend<S> {
             }
         }
     }
-
-    /// A counter restart for an object whose counter cannot be read: microseconds since the Unix
-    /// epoch, above any count of grants a real deployment reaches (a million grants a second since
-    /// 1970 would be needed to pass it).
-    fn restarted_fencing() -> FencingToken {
-        let micros = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        FencingToken::new(micros.max(1))
-    }
 }
 
 #[async_trait]
@@ -376,7 +393,7 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
         if !self.known_to_exist(key) {
             // A fresh key costs one request. If the object exists, read it and decide below (it
             // may be free, or ours).
-            let first = self.new_grant(request, FencingToken::new(1), 1);
+            let first = self.new_grant(request, FencingToken::from_clock(None), 1);
             match self.store.create(key, &first).await? {
                 WriteOutcome::Written(version) => {
                     let grant = Grant::new(first.fencing, request.ttl);
@@ -389,7 +406,9 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
         let observed = self.read(key).await?;
         let (version, current) = match observed.outcome {
             ReadOutcome::Absent => {
-                let first = self.new_grant(request, FencingToken::new(1), 1);
+                // Deleted behind our back (by hand, a lifecycle rule): the counter restarts from
+                // the clock, above every token it issued (see `FencingToken::from_clock`).
+                let first = self.new_grant(request, FencingToken::from_clock(None), 1);
                 return self.write_grant(request, None, first).await;
             }
             ReadOutcome::Corrupt { error, .. } => return Err(error),
@@ -515,7 +534,7 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
             ReadOutcome::Corrupt { version, error } => {
                 // Only an explicit break overwrites an object we cannot read. Its counter is
                 // unknown, so it restarts above any value it can have reached.
-                let fencing = Self::restarted_fencing();
+                let fencing = FencingToken::from_clock(None);
                 tracing::warn!(key = %key, error = %error, fencing = %fencing,
                     "break overwrites an unreadable lease object; fencing restarts from the clock");
                 let free = StoredLease::free(fencing);

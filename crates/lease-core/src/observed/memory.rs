@@ -108,6 +108,12 @@ impl InMemoryConditionalStore {
         );
     }
 
+    /// Deletes the object under `key`, as someone deleting it behind the backend's back would.
+    /// Returns whether there was one.
+    pub fn delete(&self, key: &LeaseKey) -> bool {
+        self.state().objects.remove(key).is_some()
+    }
+
     /// The lease stored under `key`, without counting a read (`None` when absent or unreadable).
     pub fn peek(&self, key: &LeaseKey) -> Option<StoredLease> {
         match self.state().objects.get(key) {
