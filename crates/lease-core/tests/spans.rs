@@ -113,16 +113,18 @@ fn a_lease_is_one_trace_from_acquire_to_release_with_no_secret_in_it() {
         .start_paused(true)
         .build()
         .unwrap();
-    let holder_token = runtime.block_on(async {
+    let (holder_token, fencing_token) = runtime.block_on(async {
         let locker = Locker::builder(MemoryBackend::new())
             .ttl(Duration::from_secs(3))
             .build()
             .unwrap();
         let lease = locker.acquire("job").await.unwrap();
         let holder_token = lease.holder_token().to_string();
+        // A new key's first token is the clock in µs (docs/protocol.md), not 1.
+        let fencing_token = lease.fencing_token().get().to_string();
         tokio::time::sleep(Duration::from_millis(1500)).await; // one renewal, at 1 s
         lease.release().await.unwrap();
-        holder_token
+        (holder_token, fencing_token)
     });
     let seen = recorder.0.lock().unwrap().clone();
     let find = |kind: &str, name: &str| {
@@ -143,7 +145,7 @@ fn a_lease_is_one_trace_from_acquire_to_release_with_no_secret_in_it() {
             .find_map(|r| r.field(name).map(str::to_owned))
     };
     assert_eq!(recorded("outcome").as_deref(), Some("acquired"));
-    assert_eq!(recorded("fencing_token").as_deref(), Some("1"));
+    assert_eq!(recorded("fencing_token"), Some(fencing_token.clone()));
     assert!(recorded("latency_ms").is_some());
 
     let lease = find("span", "lease");
@@ -154,7 +156,7 @@ fn a_lease_is_one_trace_from_acquire_to_release_with_no_secret_in_it() {
         "the lease span is a child of its acquire"
     );
     assert_eq!(lease[0].field("key"), Some("job"));
-    assert_eq!(lease[0].field("fencing_token"), Some("1"));
+    assert_eq!(lease[0].field("fencing_token"), Some(fencing_token.as_str()));
     let ended = find("record", "lease");
     assert!(
         ended.iter().any(|r| r.field("outcome") == Some("released")),
