@@ -156,7 +156,10 @@ fn a_lease_is_one_trace_from_acquire_to_release_with_no_secret_in_it() {
         "the lease span is a child of its acquire"
     );
     assert_eq!(lease[0].field("key"), Some("job"));
-    assert_eq!(lease[0].field("fencing_token"), Some(fencing_token.as_str()));
+    assert_eq!(
+        lease[0].field("fencing_token"),
+        Some(fencing_token.as_str())
+    );
     let ended = find("record", "lease");
     assert!(
         ended.iter().any(|r| r.field("outcome") == Some("released")),

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, sleep};
 
 pub(super) use super::observed::*;
-pub(super) use super::semaphore::*;
 pub(super) use super::outside::fencing_survives_outside_changes;
+pub(super) use super::semaphore::*;
 use super::{CaseResult, Harness, Op};
 use crate::backend::{
     AcquireOutcome, AcquireRequest, LeaseRecord, RecordState, ReleaseOutcome, ReleaseRequest,

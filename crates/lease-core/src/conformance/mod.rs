@@ -27,8 +27,8 @@
 mod cases;
 mod faulty;
 mod observed;
-mod semaphore;
 mod outside;
+mod semaphore;
 
 use std::fmt;
 use std::future::Future;
