@@ -132,7 +132,12 @@ pub(crate) fn cmd(requested: &[String], quick: bool) -> Result<bool> {
                 rig.failure(*missing).unwrap_or("not started")
             )
         } else {
-            let args = b.bench_args().expect("row has a bench");
+            let mut args = b.bench_args().expect("row has a bench");
+            if quick {
+                // Checks that the bench runs, not its timings: the test profile's build (the one
+                // the suites already made) instead of a second, optimised build of everything.
+                args.extend(["--profile".into(), "test".into()]);
+            }
             eprintln!("\nxtask: ==> {} : cargo {}", b.name, args.join(" "));
             let mut cmd = conformance::cargo();
             cmd.args(&args).envs(rig.env());

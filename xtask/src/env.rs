@@ -33,6 +33,8 @@ pub(crate) const REDIS_SERVER: &str = "LEASE_TEST_REDIS_SERVER";
 /// PgBouncer in transaction pooling mode in front of the PostgreSQL server, e.g.
 /// `postgres://postgres@127.0.0.1:6432/lease_..` (the same database as `LEASE_TEST_POSTGRES_URL`).
 pub(crate) const PGBOUNCER_URL: &str = "LEASE_TEST_PGBOUNCER_URL";
+/// Debian's `prometheus` program, which the CLI suite starts to scrape `lease exec --metrics-addr`.
+pub(crate) const PROMETHEUS: &str = "LEASE_TEST_PROMETHEUS";
 /// `1`: a backend test whose variable is missing fails instead of skipping. Set by xtask when `CI` is true.
 pub(crate) const REQUIRE: &str = "LEASE_TEST_REQUIRE";
 
@@ -106,6 +108,10 @@ pub(crate) const ALL: &[EnvVar] = &[
     EnvVar {
         name: PGBOUNCER_URL,
         server: Some(Server::Pgbouncer),
+    },
+    EnvVar {
+        name: PROMETHEUS,
+        server: None,
     },
     EnvVar {
         name: REQUIRE,

@@ -74,6 +74,8 @@ pub(crate) struct Rig {
     failures: BTreeMap<Server, String>,
     ephemeral: Option<services::Instance>,
     held: Vec<Box<dyn Any>>,
+    /// Debian's `prometheus`, for the CLI suite's real scrape (`LEASE_TEST_PROMETHEUS`).
+    prometheus: Option<std::path::PathBuf>,
 }
 
 fn endpoints_of(state: &State, via: &str) -> Vec<Endpoint> {
@@ -118,6 +120,7 @@ impl Rig {
             failures: BTreeMap::new(),
             ephemeral: None,
             held: Vec::new(),
+            prometheus: None,
         };
         let mut local: Vec<Server> = Vec::new();
         for &server in needed {
@@ -189,6 +192,14 @@ impl Rig {
             }
             rig.ephemeral = Some(instance);
         }
+        // The CLI suite (the row that needs SQLite) has a real Prometheus scrape `lease exec`; the
+        // test fails under LEASE_TEST_REQUIRE=1 when the rig could not provide one.
+        if needed.contains(&Server::Sqlite) {
+            match services::install_prometheus() {
+                Ok(program) => rig.prometheus = Some(program),
+                Err(e) => eprintln!("xtask: prometheus unavailable: {e:#}"),
+            }
+        }
         Ok(rig)
     }
 
@@ -214,6 +225,9 @@ impl Rig {
             .values()
             .flat_map(|e| e.env.clone())
             .collect();
+        if let Some(program) = &self.prometheus {
+            out.push((env::PROMETHEUS.into(), program.display().to_string()));
+        }
         if env::in_ci() {
             out.push((env::REQUIRE.into(), "1".into()));
         }

@@ -658,29 +658,35 @@ fn psql_url(url: &str, sql: &str) -> Result<String> {
 /// Debian's `pgbouncer`: on `PATH`, in `/usr/sbin` (not on a normal user's `PATH`), or installed
 /// with `apt-get` when we are root (as CI is), like the rig installs its other tools.
 fn install_pgbouncer() -> Result<PathBuf> {
+    debian_program("pgbouncer", "pgbouncer", "/usr/sbin/pgbouncer")
+}
+
+/// Debian's `prometheus`, for the CLI test that has a real Prometheus scrape `lease exec
+/// --metrics-addr` (docs/observability.md); found or installed like PgBouncer.
+pub(crate) fn install_prometheus() -> Result<PathBuf> {
+    debian_program("prometheus", "prometheus", "/usr/bin/prometheus")
+}
+
+/// `program` from Debian's `package`: on `PATH`, at `installed` (where the package puts it), or
+/// installed with `apt-get` when we are root.
+fn debian_program(package: &str, program: &str, installed: &str) -> Result<PathBuf> {
     let found = || {
-        if proc::on_path("pgbouncer") {
-            return Some(PathBuf::from("pgbouncer"));
+        if proc::on_path(program) {
+            return Some(PathBuf::from(program));
         }
-        let sbin = PathBuf::from("/usr/sbin/pgbouncer");
-        sbin.exists().then_some(sbin)
+        let path = PathBuf::from(installed);
+        path.exists().then_some(path)
     };
     if let Some(bin) = found() {
         return Ok(bin);
     }
     if !rustix::process::geteuid().is_root() || !proc::on_path("apt-get") {
-        bail!("pgbouncer is not installed (apt-get install pgbouncer)");
+        bail!("{program} is not installed (apt-get install {package})");
     }
-    eprint!("(apt-get install pgbouncer) ");
+    eprint!("(apt-get install {package}) ");
     for args in [
         &["update", "-qq"][..],
-        &[
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "pgbouncer",
-        ][..],
+        &["install", "-y", "-qq", "--no-install-recommends", package][..],
     ] {
         let out = proc::run_captured(
             Command::new("apt-get")
@@ -692,7 +698,7 @@ fn install_pgbouncer() -> Result<PathBuf> {
             bail!("apt-get {} failed: {}", args.join(" "), out.tail(3));
         }
     }
-    found().context("apt-get installed pgbouncer but it is not in /usr/sbin")
+    found().with_context(|| format!("apt-get installed {package} but {installed} is not there"))
 }
 
 /// The parts of a `postgres://user[:password]@host[:port]/database` URL PgBouncer needs.

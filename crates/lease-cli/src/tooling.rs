@@ -20,6 +20,9 @@ pub(crate) const LONG_VERSION: &str = concat!(
     "\n  s3        S3 and S3-compatible object storage (conditional writes)",
     "\n  gs        Google Cloud Storage",
     "\n  az        Azure Blob Storage as object storage",
+    "\n  redis     Redis and Valkey (server-side scripts, publish wake-ups)",
+    "\n  rediss    Redis over TLS",
+    "\n  redis+unix Redis over a Unix socket",
     "\n  memory    this process only (tests, demos)",
 );
 

@@ -484,8 +484,8 @@ fn a_bad_duration_is_a_one_line_usage_error() {
 #[test]
 fn an_unknown_scheme_is_a_one_line_usage_error() {
     assert_usage_error(
-        &["--store", "redis://u:pw@cache/0", "status", "x"],
-        "unknown store scheme 'redis://'",
+        &["--store", "etcd://u:pw@cache/0", "status", "x"],
+        "unknown store scheme 'etcd://'",
     );
 }
 
@@ -603,7 +603,7 @@ fn a_closed_stdout_ends_quietly() {
     );
     // A closed stderr: the error has nowhere to go, and that is no reason to panic.
     let status = lease(dir.path())
-        .args(["--store", "redis://nowhere", "status", "job"])
+        .args(["--store", "etcd://nowhere", "status", "job"])
         .stdout(Stdio::null())
         .stderr(pipe_without_reader())
         .status()

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lease_core::conformance::{Harness, require_env};
+use lease_core::conformance::{Harness, OutsideChange, OutsideWrite, OutsideWriter, require_env};
 use lease_redis::redis::{self, AsyncCommands};
 use lease_redis::{
     AcquireOutcome, AcquireRequest, Backend, BackendErrorKind, ErrorKind, HolderMetadata,
@@ -35,7 +35,38 @@ async fn backend() -> Option<RedisBackend> {
 }
 
 async fn harness() -> Option<Harness> {
-    Some(Harness::new(backend().await?))
+    let url = url()?;
+    let options = options();
+    let backend = backend_on(&url, options.clone()).await;
+    // A second instance on the same server and prefix: a second process.
+    let peer = backend_on(&url, options).await;
+    let writer = keys_deleter(&backend);
+    Some(
+        Harness::new(backend)
+            .with_peer(peer)
+            .with_outside_writer(writer),
+    )
+}
+
+/// Deletes a key's lease and counter as a `FLUSHDB`, an eviction or a restart without
+/// persistence would. Foreign data at our keys is never overwritten (a `CorruptRecord`, tested
+/// below), so there is no overwrite to make.
+fn keys_deleter(backend: &RedisBackend) -> OutsideWriter {
+    let backend = backend.clone();
+    OutsideWriter::new(move |key, change| {
+        let backend = backend.clone();
+        async move {
+            if change != OutsideChange::Delete {
+                return Ok(OutsideWrite::NotApplicable);
+            }
+            let mut conn = backend.connection();
+            let _: () = conn
+                .del(&[backend.lease_key(&key), backend.fence_key(&key)])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(OutsideWrite::Done)
+        }
+    })
 }
 
 lease_core::conformance_tests!(harness);

@@ -650,8 +650,9 @@ async fn finish_restart(
         eprintln!(
             "torture: {backend}: STORE LOST DATA: the server came back empty after {down:.1?} \
              (the bucket was gone; the run made it again): every lock object and fencing counter \
-             is lost, tokens start again at 1 — reported as \"store lost data: fencing reset \
-             after restart\", not as a library violation"
+             is lost, and tokens restart from the clock (above the earlier ones unless clocks \
+             disagree) — reported as \"store lost data: fencing reset after restart\", not as a \
+             library violation"
         );
     } else {
         eprintln!(

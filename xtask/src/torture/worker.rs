@@ -417,8 +417,14 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
     };
     let early = journal_end(deadline <= now, None);
     contest.journal.lock().await.write(&early);
+    // A lease still ours when its release began was not lost while held: a loss `release()`
+    // reports after that (an attempt whose answer was lost, then a newer grant found in the
+    // record: docs/protocol.md) came when this holder had already stopped, and its signal, which
+    // fires only then, is no late signal. A loss while held (deadline passed, or the renewal told
+    // `NotHeld`) has made the lease not held before the release, and is counted as before.
+    let held_at_release = lease.is_held();
     let released = lease.release().await;
-    let lost = matches!(&released, Err(e) if e.is_lost()) || deadline <= now;
+    let lost = !held_at_release && (matches!(&released, Err(e) if e.is_lost()) || deadline <= now);
     if lost {
         // Give the signal a moment to be recorded if it fired just now.
         tokio::task::yield_now().await;
