@@ -152,13 +152,21 @@ impl<D: Dialect> SqlBackend<D> {
     pub async fn migrate(&self) -> Result<(), lease_core::Error> {
         let dialect = &self.inner.dialect;
         let mut conn = self.conn("migrate").await?;
-        dialect
-            .execute(&mut conn, dialect.create_table_sql(), &self.inner.trips)
-            .await?;
         let fences = self.inner.fences.create_table_sql::<D::Db>();
-        dialect
-            .execute(&mut conn, &fences, &self.inner.trips)
-            .await?;
+        for create in [dialect.create_table_sql(), fences.as_str()] {
+            // Processes starting together race on `CREATE … IF NOT EXISTS`: PostgreSQL lets one of
+            // them fail (a duplicate key in its catalog) while the other creates the table. Tried
+            // again, it finds the table; any other failure fails the same way again.
+            if dialect
+                .execute(&mut conn, create, &self.inner.trips)
+                .await
+                .is_err()
+            {
+                dialect
+                    .execute(&mut conn, create, &self.inner.trips)
+                    .await?;
+            }
+        }
         dialect.check_table(&mut conn, &self.inner.trips).await
     }
 

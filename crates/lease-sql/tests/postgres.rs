@@ -595,3 +595,31 @@ async fn connect_picks_the_dialect_from_the_url() {
 mod fenced_transactions {
     fenced_tests!(postgres);
 }
+
+/// Processes that start together each run `migrate()`: racing `CREATE TABLE IF NOT EXISTS`
+/// statements make PostgreSQL fail one of them (a duplicate key in `pg_type`); every migration
+/// must still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_one_table_all_succeed() {
+    let Some(url) = url() else { return };
+    for _ in 0..3 {
+        let table = unique_table();
+        let fences = unique_table();
+        let mut backends = Vec::new();
+        for _ in 0..8 {
+            let options = SqlOptions::default()
+                .with_table(table.clone())
+                .with_fence_table(fences.clone())
+                .with_max_connections(1);
+            backends.push(
+                PostgresBackend::connect_with(&url, options)
+                    .await
+                    .expect("connect to LEASE_TEST_POSTGRES_URL"),
+            );
+        }
+        let results = futures_util::future::join_all(backends.iter().map(|b| b.migrate())).await;
+        for result in results {
+            result.expect("every concurrent migration succeeds");
+        }
+    }
+}
