@@ -56,6 +56,7 @@ mod options;
 mod renewer;
 mod semaphore;
 mod token;
+mod wakeups;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -74,6 +75,7 @@ pub use memory::MemoryBackend;
 pub use options::{LockerOptions, MIN_HOLDER_WINDOW, MIN_SAFETY_ALLOWANCE, RetryPolicy};
 pub use semaphore::{Permit, PermitHandle, PermitRecord, Semaphore, SemaphoreOptions};
 pub use token::{FencingToken, HolderMetadata, HolderToken};
+pub use wakeups::KeyWakeups;
 
 /// Re-exported so backends and users name the same types.
 pub use async_trait::async_trait;

@@ -16,7 +16,7 @@ use redis::{ErrorKind, ServerErrorKind, Value};
 use tokio::task::JoinHandle;
 
 use crate::error::{NAME, classify, unexpected};
-use crate::notify::{Notifier, listen};
+use crate::notify::listen;
 use crate::record::{Stored, counter};
 use crate::scripts::{Script, Scripts};
 use crate::{KeyPrefix, RedisOptions};
@@ -60,7 +60,7 @@ struct Inner {
     scripts: Scripts,
     trips: AtomicU64,
     target: String,
-    notifier: Arc<Notifier>,
+    notifier: Arc<lease_core::KeyWakeups>,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -136,7 +136,7 @@ impl RedisBackend {
                 scripts: Scripts::new(),
                 trips: AtomicU64::new(0),
                 target,
-                notifier: Arc::new(Notifier::default()),
+                notifier: Arc::new(lease_core::KeyWakeups::default()),
                 listener: Mutex::new(None),
             }),
         })

@@ -3,15 +3,13 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lease_core::{AcquireRequest, BackendError, Capabilities, LeaseKey, LeaseRecord};
+use lease_core::{AcquireRequest, BackendError, Capabilities, KeyWakeups, LeaseKey, LeaseRecord};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::backend::SqlBackend;
@@ -55,7 +53,7 @@ pub struct PostgresDialect {
     list: String,
     list_all: String,
     channel: String,
-    notifier: Arc<Notifier>,
+    notifier: Arc<KeyWakeups>,
     listener_task: Mutex<Option<JoinHandle<()>>>,
     /// Behind a transaction pooler: no cached statements, each one in `BEGIN`/`COMMIT`.
     pooled: bool,
@@ -223,7 +221,7 @@ impl Dialect for PostgresDialect {
                 read_columns("")
             ),
             channel: channel_for(table),
-            notifier: Arc::new(Notifier::default()),
+            notifier: Arc::new(KeyWakeups::default()),
             listener_task: Mutex::new(None),
             pooled: false,
             listen_direct: None,
@@ -493,33 +491,7 @@ impl Dialect for PostgresDialect {
             return Ok(());
         }
         self.ensure_listener(pool);
-        let notifier = &self.notifier;
-        let (notify, generation) = {
-            let mut keys = notifier.keys();
-            let watch = keys
-                .entry(key.as_str().to_owned())
-                .or_insert_with(KeyWatch::new);
-            if watch.generation != watch.seen {
-                // Released since the contended acquire was answered: try again now.
-                watch.seen = watch.generation;
-                return Ok(());
-            }
-            (Arc::clone(&watch.notify), watch.generation)
-        };
-        // Registered from here on; a wake-up between the check above and now shows in the
-        // generation.
-        let notified = notify.notified();
-        let missed = notifier
-            .keys()
-            .get(key.as_str())
-            .is_none_or(|w| w.generation != generation);
-        if !missed {
-            let _ = tokio::time::timeout(max_wait, notified).await;
-        }
-        let mut keys = notifier.keys();
-        if let Some(watch) = keys.get_mut(key.as_str()) {
-            watch.seen = watch.generation;
-        }
+        self.notifier.wait(key.as_str(), max_wait).await;
         Ok(())
     }
 }
@@ -592,7 +564,7 @@ impl PostgresDialect {
 
 /// The listener loop on its own one-connection `pool` (not the operations pool):
 /// `LISTEN lease_<table>`, each notification's payload is a key whose waiters are woken.
-async fn listen(pool: PgPool, channel: String, notifier: Arc<Notifier>) {
+async fn listen(pool: PgPool, channel: String, notifier: Arc<KeyWakeups>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -610,7 +582,7 @@ async fn listen(pool: PgPool, channel: String, notifier: Arc<Notifier>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        notifier.listening.store(true, Ordering::SeqCst);
+        notifier.set_listening(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => notifier.wake(notification.payload()),
@@ -621,74 +593,12 @@ async fn listen(pool: PgPool, channel: String, notifier: Arc<Notifier>) {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "LISTEN connection failed; waiters poll");
-                    notifier.listening.store(false, Ordering::SeqCst);
+                    notifier.set_listening(false);
                     notifier.wake_all();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     break;
                 }
             }
         }
-    }
-}
-
-/// Per-key wake-ups. A key's generation counts the notifications seen for it, so a release that
-/// lands between a contended acquire and the waiter's `wait_for_change` is not missed.
-#[derive(Default)]
-struct Notifier {
-    listening: AtomicBool,
-    keys: Mutex<HashMap<String, KeyWatch>>,
-}
-
-struct KeyWatch {
-    generation: u64,
-    /// The generation when the last contended acquire on this key was answered.
-    seen: u64,
-    notify: Arc<Notify>,
-}
-
-impl KeyWatch {
-    fn new() -> Self {
-        Self {
-            generation: 0,
-            seen: 0,
-            notify: Arc::new(Notify::new()),
-        }
-    }
-}
-
-impl Notifier {
-    /// Entries without waiters are dropped past this many keys.
-    const MAX_IDLE_KEYS: usize = 4096;
-
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, KeyWatch>> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(&self, key: &str) {
-        let mut keys = self.keys();
-        if let Some(watch) = keys.get_mut(key) {
-            watch.generation += 1;
-            watch.notify.notify_waiters();
-        }
-    }
-
-    fn wake_all(&self) {
-        for watch in self.keys().values_mut() {
-            watch.generation += 1;
-            watch.notify.notify_waiters();
-        }
-    }
-
-    /// Records that a contended acquire on `key` was just answered.
-    fn saw_held(&self, key: &str) {
-        if !self.listening.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut keys = self.keys();
-        if keys.len() >= Self::MAX_IDLE_KEYS && !keys.contains_key(key) {
-            keys.retain(|_, w| Arc::strong_count(&w.notify) > 1);
-        }
-        let watch = keys.entry(key.to_owned()).or_insert_with(KeyWatch::new);
-        watch.seen = watch.generation;
     }
 }
