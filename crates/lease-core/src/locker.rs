@@ -170,6 +170,11 @@ pub(crate) struct WaitReport {
 enum Attempt {
     Acquired(Lease),
     Held(Option<Box<LeaseRecord>>),
+    /// A grant of ours was found but could not be used safely, and a release was sent for its
+    /// holder token. That release may land at any later time (a stalled request, an answer that
+    /// timed out), so the holder token is spent: acquiring with it again could hand out a lease
+    /// that the late release then frees behind its holder's back.
+    GivenBack(BackendError),
 }
 
 /// Frees a grant that may have landed although we never learned of it (the acquire future was
@@ -339,6 +344,7 @@ impl Locker {
                     holder,
                 })
             }
+            Ok(Attempt::GivenBack(e)) => Err(e.into()),
             Err(e) => Err(e),
         }
     }
@@ -630,6 +636,19 @@ impl Locker {
                         tokio::time::sleep(wait).await;
                     }
                 }
+                Ok(Attempt::GivenBack(e)) => {
+                    // The spent token's release is sent; its other attempts, if any still land,
+                    // hold the key until their TTL at worst. A new token starts afresh.
+                    pending.armed = false;
+                    pending = self.pending(key);
+                    first_uncertain = None;
+                    tracing::warn!(key = %key, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "acquire gave a grant back; retrying with a new holder token");
+                    if let Some(report) = report.as_deref_mut() {
+                        report.error = Some(e);
+                    }
+                    tokio::time::sleep(delay).await;
+                }
                 Err(Error::Backend(e)) if e.is_transient() => {
                     first_uncertain.get_or_insert(sent);
                     tracing::warn!(key = %key, error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -728,11 +747,10 @@ impl Locker {
                 .await;
         }
         self.give_back(key, holder).await;
-        Err(BackendError::transient(
+        Ok(Attempt::GivenBack(BackendError::transient(
             self.inner.backend.name(),
             "a grant read back did not state its TTL; given back",
-        )
-        .into())
+        )))
     }
 
     /// Frees a grant of ours that we will not use (owner-checked, bounded by the TTL).
@@ -755,11 +773,10 @@ impl Locker {
         if deadline <= Instant::now() {
             // The answer came too late to be safe to act on; give the grant back.
             self.give_back(key, holder).await;
-            return Err(BackendError::transient(
+            return Ok(Attempt::GivenBack(BackendError::transient(
                 self.inner.backend.name(),
                 "the grant arrived after its holder deadline",
-            )
-            .into());
+            )));
         }
         let state = Arc::new(LeaseState::new(
             key.clone(),

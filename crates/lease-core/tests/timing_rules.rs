@@ -895,3 +895,74 @@ async fn list_returns_the_records_under_the_prefix() {
         Err(Error::InvalidInput(e)) if e.field() == "prefix"
     ));
 }
+
+// --- A holder token given back is never used again -----------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_token_given_back_is_never_acquired_with_again() {
+    // The first acquire lands but its answer is lost; the record read back has no TTL, so the
+    // grant is given back. That release is slow: it lands 300 ms later (a request stalled in the
+    // network, or one whose answer timed out). If the next attempt acquired with the same holder
+    // token, the late release would free the lease it got, while it believes itself the holder,
+    // and another client would be granted the key (found by `cargo xtask torture` on PostgreSQL).
+    #[derive(Debug)]
+    struct LateRelease {
+        store: MemoryBackend,
+        acquires: AtomicU64,
+    }
+    #[async_trait]
+    impl Backend for LateRelease {
+        fn name(&self) -> &'static str {
+            "late-release"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.store.capabilities()
+        }
+        async fn acquire(&self, r: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+            let outcome = self.store.acquire(r).await?;
+            if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(BackendError::transient("late-release", "answer lost"));
+            }
+            Ok(outcome)
+        }
+        async fn renew(&self, r: &RenewRequest) -> Result<RenewOutcome, BackendError> {
+            self.store.renew(r).await
+        }
+        async fn release(&self, r: &ReleaseRequest) -> Result<ReleaseOutcome, BackendError> {
+            let (store, r) = (self.store.clone(), r.clone());
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(300)).await;
+                let _ = store.release(&r).await;
+            });
+            Err(BackendError::transient("late-release", "timed out"))
+        }
+        async fn inspect(&self, k: &LeaseKey) -> Result<Option<LeaseRecord>, BackendError> {
+            Ok(self.store.inspect(k).await?.map(|mut r| {
+                r.ttl = None;
+                r
+            }))
+        }
+    }
+    let store = MemoryBackend::new();
+    let locker = locker_on(LateRelease {
+        store: store.clone(),
+        acquires: AtomicU64::new(0),
+    });
+    let lease = locker
+        .acquire_timeout("k", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let other = locker_on(store.clone());
+    for _ in 0..20 {
+        sleep(Duration::from_millis(25)).await;
+        if let Some(second) = other.try_acquire("k").await.unwrap() {
+            assert!(
+                !lease.is_held(),
+                "two holders: {:?} and {:?}, {:?} before the first one's deadline",
+                lease.fencing_token(),
+                second.fencing_token(),
+                lease.deadline() - Instant::now()
+            );
+        }
+    }
+}
