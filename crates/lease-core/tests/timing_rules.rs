@@ -862,11 +862,19 @@ async fn a_held_answer_naming_our_own_grant_is_our_grant() {
     faulty.lose_next_response(Op::Acquire, 1);
     faulty.fail_next(Op::Inspect, 1);
     let locker = locker_on(faulty.clone());
+    let started = Instant::now();
     let lease = locker
         .acquire_timeout("k", Duration::from_secs(2))
         .await
         .expect("our own grant, reported as held, was not recognised");
     assert!(lease.is_held());
+    // Recognised at the second attempt, not taken again after our own grant expired.
+    assert_eq!(faulty.calls(Op::Acquire), 2, "our own grant was waited out");
+    assert!(
+        Instant::now() - started < INTERVAL,
+        "our own grant was waited out: acquired after {:?}",
+        Instant::now() - started
+    );
     let record = locker.inspect("k").await.unwrap().unwrap();
     assert_eq!(
         lease.fencing_token(),
