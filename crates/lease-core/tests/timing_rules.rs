@@ -464,6 +464,28 @@ async fn one_failing_lease_does_not_make_the_batch_resend() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn one_renewal_task_per_locker_however_many_leases_are_added() {
+    // Renewals take 50 ms to answer, so two renewal tasks would both send the batch before
+    // either answer moved its schedule on: every lease renewed twice per interval.
+    let backend = Twisted::new(MemoryBackend::new(), Twist::ShortRenewals(1.0));
+    let faulty = FaultyBackend::new(Arc::clone(&backend) as Arc<dyn Backend>);
+    faulty.delay_responses(Op::Renew, Duration::from_millis(50));
+    let locker = locker_on(faulty);
+    let mut leases = Vec::new();
+    for i in 0..4 {
+        leases.push(locker.try_acquire(format!("k-{i}")).await.unwrap().unwrap());
+    }
+    sleep(INTERVAL * 3 + Duration::from_millis(100)).await;
+    assert!(leases.iter().all(|l| l.is_held()));
+    let items = backend.renew_items.load(Ordering::SeqCst);
+    assert_eq!(
+        items,
+        3 * 4,
+        "4 leases over 3 intervals were renewed {items} times: more than one renewal task ran"
+    );
+}
+
 // --- Waiting ---------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
