@@ -11,6 +11,7 @@
 //! backend wrapper); and for the servers the run starts itself (Azurite, moto, Redis), a real restart
 //! of the server mid-run ([`servers`]).
 
+mod fence;
 mod journal;
 mod plan;
 mod servers;
@@ -441,13 +442,8 @@ async fn run_backend(
         plan,
     };
     let fence_url = postgres_url();
-    let resource = worker::FencedResource::connect(&fence_url, &fence_table, 4).await?;
-    resource
-        .create(
-            &fence_table,
-            &worker::contended_keys(args.keys, args.semaphore),
-        )
-        .await?;
+    let log = fence::WriteLog::connect(&fence_url, &fence_table, 4).await?;
+    log.create().await?;
     let outcome = async {
         prepare_store(&target).await?;
         let result = if backend == "memory" {
@@ -468,13 +464,23 @@ async fn run_backend(
             result
         };
         let (entries, mut facts) = result?;
-        facts.writes = resource.writes(&fence_table).await?;
+        facts.writes = log.writes().await?;
+        // The object-store row's fenced objects as the store holds them now (read directly, not
+        // through the proxy, which is gone).
+        if let ("objstore-s3", Some(url)) = (backend, &target.url) {
+            let store = worker::s3_backend(url, &target.table)?
+                .leases()
+                .store()
+                .clone();
+            let keys = worker::contended_keys(args.keys, args.semaphore);
+            facts.final_objects = fence::final_objects(&store, &keys).await?;
+        }
         facts.ttl_ns = target.plan.ttl.as_nanos() as u64;
         facts.permits = args.semaphore;
         Ok::<_, anyhow::Error>(journal::check(&entries, &facts))
     }
     .await;
-    let _ = resource.drop_tables(&fence_table).await;
+    let _ = log.drop_tables().await;
     drop_store(&target).await;
     outcome
 }
@@ -496,7 +502,10 @@ async fn run_in_process(
     let contest = Arc::new(worker::Contest {
         semaphore: worker::semaphore_for(&locker, args.semaphore)?,
         locker,
-        resource: worker::FencedResource::connect(fence_url, fence_table, 16).await?,
+        resource: fence::FencedResource::Table(
+            fence::WriteLog::connect(fence_url, fence_table, 16).await?,
+        ),
+        grants: AtomicU64::new(0),
         journal: Mutex::new(JournalWriter::create(&journal_path)?),
         keys: args.keys,
         ttl,
