@@ -57,6 +57,17 @@ pub(crate) struct Writer {
     pub(crate) token: u64,
 }
 
+/// One row of the write log (see [`WriteRow`] for what the columns mean).
+struct LogEntry<'a> {
+    key: &'a str,
+    chain: &'a str,
+    position: Option<u64>,
+    prev_token: Option<u64>,
+    admitted: bool,
+    writer: Writer,
+    sent_at: u64,
+}
+
 /// The write log in the fence database, shared by both kinds of resource.
 #[derive(Clone)]
 pub(crate) struct WriteLog {
@@ -194,35 +205,32 @@ impl WriteLog {
             // Rolled back when `tx` drops: nothing was written.
             Err(e) => return Err(e.into()),
         };
-        self.log(&mut *tx, key, "", None, None, admitted, writer, sent_at)
-            .await?;
+        let entry = LogEntry {
+            key,
+            chain: "",
+            position: None,
+            prev_token: None,
+            admitted,
+            writer,
+            sent_at,
+        };
+        self.log(&mut *tx, &entry).await?;
         tx.commit().await?;
         Ok(admitted)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn log<'c, E: sqlx::PgExecutor<'c>>(
-        &self,
-        executor: E,
-        key: &str,
-        chain: &str,
-        position: Option<u64>,
-        prev_token: Option<u64>,
-        admitted: bool,
-        writer: Writer,
-        sent_at: u64,
-    ) -> Result<()> {
+    async fn log<'c, E: sqlx::PgExecutor<'c>>(&self, executor: E, e: &LogEntry<'_>) -> Result<()> {
         let big = |v: u64| i64::try_from(v).context("a value above i64::MAX");
         sqlx::query(sqlx::AssertSqlSafe(self.insert_sql.clone()))
-            .bind(key)
-            .bind(chain)
-            .bind(position.map(big).transpose()?)
-            .bind(big(writer.token)?)
-            .bind(prev_token.map(big).transpose()?)
-            .bind(admitted)
-            .bind(i32::try_from(writer.pid).context("a pid above i32::MAX")?)
-            .bind(big(writer.grant)?)
-            .bind(big(sent_at)?)
+            .bind(e.key)
+            .bind(e.chain)
+            .bind(e.position.map(big).transpose()?)
+            .bind(big(e.writer.token)?)
+            .bind(e.prev_token.map(big).transpose()?)
+            .bind(e.admitted)
+            .bind(i32::try_from(e.writer.pid).context("a pid above i32::MAX")?)
+            .bind(big(e.writer.grant)?)
+            .bind(big(e.sent_at)?)
             .execute(executor)
             .await?;
         Ok(())
@@ -296,29 +304,28 @@ async fn write_store(
             grant: writer.grant,
         };
         let body = serde_json::to_vec(&record)?;
-        match fenced
+        let outcome = fenced
             .put_opts(&path, body.into(), PutOptions::from(mode))
-            .await
-        {
+            .await;
+        let mut entry = LogEntry {
+            key,
+            chain: &chain,
+            position: Some(position),
+            prev_token,
+            admitted: true,
+            writer,
+            sent_at,
+        };
+        match outcome {
+            // Logged after the put: the chain's position, not the log's order, says when it landed.
             Ok(_) => {
-                log.log(
-                    &log.pool,
-                    key,
-                    &chain,
-                    Some(position),
-                    prev_token,
-                    true,
-                    writer,
-                    sent_at,
-                )
-                .await?;
+                log.log(&log.pool, &entry).await?;
                 return Ok(true);
             }
             Err(e) if StaleToken::find(&e).is_some() => {
-                log.log(
-                    &log.pool, key, &chain, None, prev_token, false, writer, sent_at,
-                )
-                .await?;
+                entry.admitted = false;
+                entry.position = None;
+                log.log(&log.pool, &entry).await?;
                 return Ok(false);
             }
             // Another writer changed the object between the read and the put: read again.
