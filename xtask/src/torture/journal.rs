@@ -106,14 +106,38 @@ pub(crate) fn read_journal(path: &Path, into: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
-/// One fenced write as the resource recorded it, in the order the resource applied them.
+/// One fenced write as the write log recorded it.
 #[derive(Debug, Clone)]
 pub(crate) struct WriteRow {
     pub(crate) key: String,
+    /// The object's chain on a fenced store (a new one after the store lost the object); empty
+    /// for the fence table.
+    pub(crate) chain: String,
+    /// The order the resource applied the writes of one (key, chain) in: the write log's serial
+    /// for the fence table (the fence row is locked from `admit` to the commit), the position in
+    /// the object's chain for a fenced store (each put was conditional on the version before).
+    pub(crate) order: u64,
     pub(crate) token: u64,
+    /// Fenced store: the token the fence had recorded on the version this write replaced.
+    pub(crate) prev_token: Option<u64>,
     pub(crate) admitted: bool,
+    /// The grant's identity (process and its grant count), independent of the token.
+    pub(crate) pid: u32,
+    pub(crate) grant: u64,
     /// When the worker sent it (monotonic, as the journals).
     pub(crate) sent_at: u64,
+}
+
+/// A fenced store's object as read at the end of the row.
+#[derive(Debug, Clone)]
+pub(crate) struct FinalObject {
+    pub(crate) key: String,
+    pub(crate) chain: String,
+    pub(crate) position: u64,
+    /// The token in the object's body (its writer's).
+    pub(crate) token: u64,
+    /// The token the fenced store recorded in the object's metadata.
+    pub(crate) recorded_token: Option<u64>,
 }
 
 /// Everything the checker needs besides the journals.
@@ -121,8 +145,10 @@ pub(crate) struct WriteRow {
 pub(crate) struct RunFacts {
     /// `--semaphore N`: at most N holders at once across all keys.
     pub(crate) permits: Option<u32>,
-    /// Writes in the order the resource applied them.
+    /// The write log (any order: the checker orders each resource's writes by [`WriteRow::order`]).
     pub(crate) writes: Vec<WriteRow>,
+    /// Fenced store rows: the fenced objects at the end.
+    pub(crate) final_objects: Vec<FinalObject>,
     /// Per worker pid: when it was killed.
     pub(crate) killed_at: HashMap<u32, u64>,
     /// Per worker pid: (stopped, resumed) intervals.
@@ -185,7 +211,16 @@ pub(crate) struct Counts {
     pub(crate) across_data_loss: u64,
     // Violations.
     pub(crate) overlapping_holders: u64,
+    /// Per resource in the order it applied them: admitted writes with a token lower than one
+    /// admitted before, or (fenced store) than the one on the version they replaced, or two
+    /// admitted writes in one place of an object's chain.
     pub(crate) stale_writes_admitted: u64,
+    /// Per resource: admitted writes of a grant other than the first one admitted with that
+    /// token (two grants shared a token, and the fence let both in).
+    pub(crate) second_grants_admitted_under_a_token: u64,
+    /// Fenced store: objects at the end whose token is below one logged as landed on their chain,
+    /// whose place is before a logged one, or whose recorded token is not their writer's.
+    pub(crate) fenced_objects_behind_the_log: u64,
     pub(crate) fencing_regressions: u64,
     pub(crate) losses_signalled_after_next_grant: u64,
     /// `--semaphore N`: grants that began while N others on the semaphore's slots believed.
@@ -196,6 +231,8 @@ impl Counts {
     pub(crate) fn violations(&self) -> u64 {
         self.overlapping_holders
             + self.stale_writes_admitted
+            + self.second_grants_admitted_under_a_token
+            + self.fenced_objects_behind_the_log
             + self.fencing_regressions
             + self.losses_signalled_after_next_grant
             + self.holders_beyond_permits
@@ -216,6 +253,8 @@ impl Counts {
         self.across_data_loss += other.across_data_loss;
         self.overlapping_holders += other.overlapping_holders;
         self.stale_writes_admitted += other.stale_writes_admitted;
+        self.second_grants_admitted_under_a_token += other.second_grants_admitted_under_a_token;
+        self.fenced_objects_behind_the_log += other.fenced_objects_behind_the_log;
         self.fencing_regressions += other.fencing_regressions;
         self.losses_signalled_after_next_grant += other.losses_signalled_after_next_grant;
         self.holders_beyond_permits += other.holders_beyond_permits;
@@ -264,6 +303,16 @@ impl Counts {
             (
                 "stale writes admitted by the fence",
                 self.stale_writes_admitted,
+                true,
+            ),
+            (
+                "writes of a second grant admitted under one token",
+                self.second_grants_admitted_under_a_token,
+                true,
+            ),
+            (
+                "fenced objects at the end behind the write log",
+                self.fenced_objects_behind_the_log,
                 true,
             ),
             ("fencing regressions", self.fencing_regressions, true),
@@ -451,19 +500,7 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
             }
         }
     }
-    let mut highest: HashMap<&str, u64> = HashMap::new();
-    for w in &facts.writes {
-        let top = highest.entry(w.key.as_str()).or_default();
-        if w.admitted {
-            counts.fenced_writes_admitted += 1;
-            if w.token < *top {
-                counts.stale_writes_admitted += 1;
-            }
-            *top = (*top).max(w.token);
-        } else {
-            counts.stale_writes_refused += 1;
-        }
-    }
+    check_writes(facts, &mut counts);
     let mut losses = facts.data_losses.clone();
     losses.sort_unstable();
     counts.fence_admitting_after_data_loss = losses
@@ -478,6 +515,77 @@ pub(crate) fn check(entries: &[Entry], facts: &RunFacts) -> Counts {
         })
         .count() as u64;
     counts
+}
+
+/// The write log's counts: per resource (key, and chain on a fenced store) in the order the
+/// resource applied the writes, tokens admitted never go down, and a token is admitted for one
+/// grant only; and the fenced objects at the end agree with what the log says landed.
+fn check_writes(facts: &RunFacts, counts: &mut Counts) {
+    let mut by_resource: BTreeMap<(&str, &str), Vec<&WriteRow>> = BTreeMap::new();
+    for w in &facts.writes {
+        if w.admitted {
+            counts.fenced_writes_admitted += 1;
+            by_resource
+                .entry((w.key.as_str(), w.chain.as_str()))
+                .or_default()
+                .push(w);
+        } else {
+            counts.stale_writes_refused += 1;
+        }
+    }
+    for ((key, _), writes) in &mut by_resource {
+        writes.sort_by_key(|w| w.order);
+        // The highest token admitted so far and the grant it was first admitted for.
+        let mut top: Option<(u64, u32, u64)> = None;
+        let mut last_order = None;
+        for w in writes.iter() {
+            let landed_on_newer = w.prev_token.is_some_and(|prev| prev > w.token);
+            let below_top = top.is_some_and(|(token, ..)| w.token < token);
+            let one_place = last_order == Some(w.order) && !w.chain.is_empty();
+            if landed_on_newer || below_top || one_place {
+                counts.stale_writes_admitted += 1;
+                eprintln!(
+                    "torture: STALE WRITE ADMITTED on {key}: token {} (pid {}) at {} after token                      {:?} (replaced version's token {:?})",
+                    w.token,
+                    w.pid,
+                    w.order,
+                    top.map(|t| t.0),
+                    w.prev_token
+                );
+            } else if let Some((token, pid, grant)) = top
+                && token == w.token
+                && (pid, grant) != (w.pid, w.grant)
+            {
+                counts.second_grants_admitted_under_a_token += 1;
+                eprintln!(
+                    "torture: TOKEN {token} ADMITTED FOR TWO GRANTS on {key}: pid {pid} grant                      {grant}, then pid {} grant {}",
+                    w.pid, w.grant
+                );
+            }
+            if top.is_none_or(|(token, ..)| w.token > token) {
+                top = Some((w.token, w.pid, w.grant));
+            }
+            last_order = Some(w.order);
+        }
+    }
+    for object in &facts.final_objects {
+        let logged = by_resource
+            .get(&(object.key.as_str(), object.chain.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let highest_token = logged.iter().map(|w| w.token).max().unwrap_or(0);
+        let last_place = logged.iter().map(|w| w.order).max().unwrap_or(0);
+        if object.recorded_token != Some(object.token)
+            || object.token < highest_token
+            || object.position < last_place
+        {
+            counts.fenced_objects_behind_the_log += 1;
+            eprintln!(
+                "torture: FENCED OBJECT BEHIND THE LOG: {} holds token {} (recorded {:?}) at {}                  of its chain; the log has token {highest_token} and place {last_place}",
+                object.key, object.token, object.recorded_token, object.position
+            );
+        }
+    }
 }
 
 /// Grants (across every key) that began while `permits` or more others believed they held, leaving
@@ -676,24 +784,148 @@ mod tests {
         assert_eq!(check(&entries, &RunFacts::default()).fencing_regressions, 1);
     }
 
+    /// A write to the fence table, logged `sent_at`-th: one grant per token (pid 1, grant = token).
     fn write(token: u64, admitted: bool, sent_at: u64) -> WriteRow {
         WriteRow {
             key: "k".into(),
+            chain: String::new(),
+            order: sent_at,
             token,
+            prev_token: None,
             admitted,
+            pid: 1,
+            grant: token,
             sent_at,
+        }
+    }
+
+    /// A write that landed at `position` of chain `c` of a fenced object over a version recorded
+    /// with `prev`.
+    fn landed(position: u64, token: u64, prev: Option<u64>) -> WriteRow {
+        WriteRow {
+            chain: "c".into(),
+            prev_token: prev,
+            ..write(token, true, position)
         }
     }
 
     #[test]
     fn stale_writes_admitted_are_counted() {
+        // In the log's order: 2 admitted, 1 refused, then 1 admitted after 2.
         let facts = RunFacts {
             writes: vec![write(2, true, 1), write(1, false, 2), write(1, true, 3)],
             ..RunFacts::default()
         };
         let c = check(&[], &facts);
         assert_eq!(c.stale_writes_refused, 1);
+        assert_eq!(c.fenced_writes_admitted, 2);
         assert_eq!(c.stale_writes_admitted, 1);
+        assert_eq!(c.violations(), 1);
+    }
+
+    #[test]
+    fn writes_are_ordered_by_the_resource_not_by_the_log() {
+        // Logged out of order (a store write is logged after its put): the chain's positions
+        // decide, and in them the tokens rise.
+        let clean = RunFacts {
+            writes: vec![
+                landed(2, 5, Some(4)),
+                landed(1, 4, None),
+                landed(3, 5, Some(5)),
+            ],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &clean).violations(), 0);
+        // The same tokens landed the other way round.
+        let stale = RunFacts {
+            writes: vec![landed(1, 5, None), landed(2, 4, Some(5))],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &stale).stale_writes_admitted, 1);
+        // Chains are apart: a store that lost the object starts again, below the old chain.
+        let mut again = landed(1, 3, None);
+        again.chain = "d".into();
+        let facts = RunFacts {
+            writes: vec![landed(1, 5, None), again],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &facts).violations(), 0);
+    }
+
+    #[test]
+    fn a_write_over_a_newer_recorded_token_is_stale_even_when_the_newer_was_not_logged() {
+        // Position 2 (token 9) landed but its log row was lost (worker killed); position 3 with
+        // token 7 replaced it.
+        let facts = RunFacts {
+            writes: vec![landed(1, 6, None), landed(3, 7, Some(9))],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &facts).stale_writes_admitted, 1);
+    }
+
+    #[test]
+    fn two_writes_landing_on_one_version_are_counted() {
+        let facts = RunFacts {
+            writes: vec![
+                landed(1, 4, None),
+                landed(2, 5, Some(4)),
+                landed(2, 6, Some(4)),
+            ],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &facts).stale_writes_admitted, 1);
+    }
+
+    #[test]
+    fn a_token_admitted_for_a_second_grant_is_counted() {
+        // `admit` takes an equal token (the same holder writing again): the checker tells one
+        // grant writing twice from two grants sharing a token.
+        let same_grant = RunFacts {
+            writes: vec![write(4, true, 1), write(4, true, 2)],
+            ..RunFacts::default()
+        };
+        assert_eq!(check(&[], &same_grant).violations(), 0);
+        let mut other = write(4, true, 2);
+        other.pid = 2;
+        let two_grants = RunFacts {
+            writes: vec![write(4, true, 1), other],
+            ..RunFacts::default()
+        };
+        let c = check(&[], &two_grants);
+        assert_eq!(c.second_grants_admitted_under_a_token, 1);
+        assert_eq!(c.violations(), 1);
+    }
+
+    #[test]
+    fn a_fenced_object_behind_its_log_is_counted() {
+        let writes = vec![landed(1, 4, None), landed(2, 5, Some(4))];
+        let object = |position, token, recorded| FinalObject {
+            key: "k".into(),
+            chain: "c".into(),
+            position,
+            token,
+            recorded_token: Some(recorded),
+        };
+        let check_with = |o: FinalObject| {
+            check(
+                &[],
+                &RunFacts {
+                    writes: writes.clone(),
+                    final_objects: vec![o],
+                    ..RunFacts::default()
+                },
+            )
+            .fenced_objects_behind_the_log
+        };
+        assert_eq!(check_with(object(2, 5, 5)), 0);
+        // A later write that was not logged: fine while its token did not go down.
+        assert_eq!(check_with(object(3, 6, 6)), 0);
+        // An unlogged stale write landed last.
+        assert_eq!(check_with(object(3, 4, 4)), 1);
+        // The chain went back.
+        assert_eq!(check_with(object(1, 5, 5)), 1);
+        // The fence recorded another token than the writer's.
+        assert_eq!(check_with(object(2, 5, 3)), 1);
     }
 
     #[test]

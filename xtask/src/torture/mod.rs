@@ -1,7 +1,31 @@
 //! `cargo xtask torture`: many contenders in several processes on a few keys, through the real
-//! backends, with faults on a schedule; every critical section is written to a fenced resource
-//! (a PostgreSQL table written with `WHERE fence < $token`) and to a journal with the lease's
-//! local deadline. The checker reads both and counts violations; any violation fails the run.
+//! backends, with faults on a schedule; every critical section writes to a fenced resource
+//! through the library's own fences, and to a journal with the lease's local deadline. The
+//! checker reads both and counts violations; any violation fails the run.
+//!
+//! The fenced resource ([`fence`]): on the `objstore-s3` row an object per key in the row's own
+//! bucket, written through `lease_objstore::FencedStore` (through the fault proxy, like the
+//! leases); on every other row a PostgreSQL transaction per write that calls
+//! `lease_sql::FenceTable::admit` (the table made by its `migrate`) and inserts a row into a write
+//! log before committing. A stale-token refusal is logged as refused. `admit` admits a token equal
+//! to the recorded one (the same holder writing again), so the fence no longer proves by itself
+//! that a grant's first write was the only grant with its token; the checker does, from the data.
+//!
+//! What the checker counts from the write log and the store ([`journal`]), per resource (key, and
+//! the object's chain on the store) in the order the resource applied the writes (the log's
+//! serial, taken while `admit`'s row lock is held, for the table; the place in the object's chain
+//! of conditional puts for the store):
+//! - *stale writes admitted*: an admitted write whose token is below one admitted before it, or
+//!   below the token the store had recorded on the version it replaced, or a second write landing
+//!   on one version of an object;
+//! - *writes of a second grant admitted under one token*: an admitted write of another grant
+//!   (pid and the process's grant count) than the first one admitted with that token;
+//! - *fenced objects at the end behind the write log*: an object read at the end whose token is
+//!   below one the log says landed on its chain, whose place is before a logged one, or whose
+//!   recorded token (metadata) is not its writer's (body).
+//!
+//! Besides the journal's own: overlapping holders, fencing regressions, late loss signals and,
+//! with `--semaphore`, more holders than permits.
 //!
 //! Faults: through the [fault proxy](crate::proxy) in front of network stores (latency and
 //! jitter, every connection cut, one direction black-holed, connections closed after N bytes,
@@ -11,6 +35,7 @@
 //! backend wrapper); and for the servers the run starts itself (Azurite, moto, Redis), a real restart
 //! of the server mid-run ([`servers`]).
 
+mod fence;
 mod journal;
 mod plan;
 mod servers;
@@ -441,13 +466,8 @@ async fn run_backend(
         plan,
     };
     let fence_url = postgres_url();
-    let resource = worker::FencedResource::connect(&fence_url, &fence_table, 4).await?;
-    resource
-        .create(
-            &fence_table,
-            &worker::contended_keys(args.keys, args.semaphore),
-        )
-        .await?;
+    let log = fence::WriteLog::connect(&fence_url, &fence_table, 4).await?;
+    log.create().await?;
     let outcome = async {
         prepare_store(&target).await?;
         let result = if backend == "memory" {
@@ -468,13 +488,23 @@ async fn run_backend(
             result
         };
         let (entries, mut facts) = result?;
-        facts.writes = resource.writes(&fence_table).await?;
+        facts.writes = log.writes().await?;
+        // The object-store row's fenced objects as the store holds them now (read directly, not
+        // through the proxy, which is gone).
+        if let ("objstore-s3", Some(url)) = (backend, &target.url) {
+            let store = worker::s3_backend(url, &target.table)?
+                .leases()
+                .store()
+                .clone();
+            let keys = worker::contended_keys(args.keys, args.semaphore);
+            facts.final_objects = fence::final_objects(&store, &keys).await?;
+        }
         facts.ttl_ns = target.plan.ttl.as_nanos() as u64;
         facts.permits = args.semaphore;
         Ok::<_, anyhow::Error>(journal::check(&entries, &facts))
     }
     .await;
-    let _ = resource.drop_tables(&fence_table).await;
+    let _ = log.drop_tables().await;
     drop_store(&target).await;
     outcome
 }
@@ -496,7 +526,10 @@ async fn run_in_process(
     let contest = Arc::new(worker::Contest {
         semaphore: worker::semaphore_for(&locker, args.semaphore)?,
         locker,
-        resource: worker::FencedResource::connect(fence_url, fence_table, 16).await?,
+        resource: fence::FencedResource::Table(
+            fence::WriteLog::connect(fence_url, fence_table, 16).await?,
+        ),
+        grants: AtomicU64::new(0),
         journal: Mutex::new(JournalWriter::create(&journal_path)?),
         keys: args.keys,
         ttl,

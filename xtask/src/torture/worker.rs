@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use lease_core::conformance::{FaultyBackend, Op};
 use lease_core::{Backend, Error, Lease, Locker, MemoryBackend, RetryPolicy, Semaphore};
-use lease_sql::sqlx::postgres::PgPoolOptions;
-use lease_sql::sqlx::{self, PgPool};
 use lease_sql::{MySqlBackend, PostgresBackend, SqlOptions, SqliteBackend, TableName};
 use tokio::sync::Mutex;
 
+use super::fence::{FencedResource, WriteLog, Writer};
 use super::journal::{Entry, JournalWriter, instant_ns, mono_ns};
 
 /// What one worker process does (passed on its command line).
@@ -28,10 +27,11 @@ pub(crate) struct WorkerArgs {
     /// Lease table (SQL backends), bucket (S3) or container (Azure).
     #[arg(long, default_value = "leases")]
     pub(crate) table: String,
-    /// PostgreSQL database of the fenced resource (never through the proxy).
+    /// PostgreSQL database of the fence table and the write log (never through the proxy).
     #[arg(long)]
     pub(crate) fence_url: String,
-    /// Fence table and its write log are `<fence_table>` and `<fence_table>_writes`.
+    /// Fence table (`FenceTable`) and its write log are `<fence_table>` and
+    /// `<fence_table>_writes`.
     #[arg(long)]
     pub(crate) fence_table: String,
     #[arg(long)]
@@ -53,120 +53,6 @@ pub(crate) struct WorkerArgs {
     /// Give up after this long whatever the count.
     #[arg(long)]
     pub(crate) time_limit_s: u64,
-}
-
-/// The fenced resource: one row per key in PostgreSQL, written only with a newer fencing token.
-#[derive(Clone)]
-pub(crate) struct FencedResource {
-    pool: PgPool,
-    claim_sql: String,
-    write_sql: String,
-}
-
-impl FencedResource {
-    pub(crate) async fn connect(url: &str, table: &str, max: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max)
-            // The checker needs the order of writes, not their survival of a server crash:
-            // without a flush per commit the resource keeps up with hundreds of holders a second.
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("SET synchronous_commit = off")
-                        .execute(conn)
-                        .await
-                        .map(|_| ())
-                })
-            })
-            .connect(url)
-            .await
-            .context("connecting to the fence database")?;
-        // The write log's serial orders writes as the resource applied them: the row lock taken
-        // by the UPDATE is held until the statement's transaction ends.
-        let sql = |op: &str| {
-            format!(
-                "WITH upd AS (UPDATE {table} SET fence = $2, writes = writes + 1 \
-                 WHERE key = $1 AND fence {op} $2 RETURNING 1) \
-                 INSERT INTO {table}_writes (key, token, admitted, pid, sent_at) \
-                 SELECT $1, $2, EXISTS (SELECT 1 FROM upd), $3, $4 RETURNING admitted"
-            )
-        };
-        Ok(Self {
-            pool,
-            // The first write of a critical section claims the resource: `fence < token`.
-            claim_sql: sql("<"),
-            // Later writes of the same grant: still ours, or a newer one took it.
-            write_sql: sql("<="),
-        })
-    }
-
-    pub(crate) async fn create(&self, table: &str, keys: &[String]) -> Result<()> {
-        for stmt in [
-            format!(
-                "CREATE TABLE {table} (key TEXT PRIMARY KEY, fence BIGINT NOT NULL, writes BIGINT NOT NULL)"
-            ),
-            format!(
-                "CREATE TABLE {table}_writes (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, \
-                 token BIGINT NOT NULL, admitted BOOLEAN NOT NULL, pid INT NOT NULL, \
-                 sent_at BIGINT NOT NULL)"
-            ),
-        ] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
-                .execute(&self.pool)
-                .await?;
-        }
-        for key in keys {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {table} (key, fence, writes) VALUES ($1, 0, 0)"
-            )))
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn drop_tables(&self, table: &str) -> Result<()> {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_writes"
-        )))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Every write, in the order the resource applied them.
-    pub(crate) async fn writes(&self, table: &str) -> Result<Vec<super::journal::WriteRow>> {
-        let rows: Vec<(String, i64, bool, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT key, token, admitted, sent_at FROM {table}_writes ORDER BY seq"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, token, admitted, sent_at)| super::journal::WriteRow {
-                key,
-                token: token as u64,
-                admitted,
-                sent_at: sent_at as u64,
-            })
-            .collect())
-    }
-
-    async fn write(&self, key: &str, token: u64, claim: bool) -> Result<bool> {
-        let sql = if claim {
-            &self.claim_sql
-        } else {
-            &self.write_sql
-        };
-        let admitted: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(key)
-            .bind(token as i64)
-            .bind(std::process::id() as i32)
-            .bind(mono_ns() as i64)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(admitted)
-    }
 }
 
 pub(crate) fn key_name(k: u32) -> String {
@@ -225,9 +111,28 @@ pub(crate) async fn connect_store(
     })
 }
 
+/// The resource a row's critical sections write to: `FencedStore` on the row's own object store
+/// for the object-store row, `FenceTable::admit` in the fence database for every other row.
+pub(crate) fn fenced_resource(
+    backend: &str,
+    store_url: &str,
+    table: &str,
+    log: WriteLog,
+) -> Result<FencedResource> {
+    Ok(match backend {
+        "objstore-s3" => {
+            FencedResource::Store(log, s3_backend(store_url, table)?.leases().store().clone())
+        }
+        _ => FencedResource::Table(log),
+    })
+}
+
 /// Leases as objects under `torture/` in `bucket` on the S3 server at `endpoint` (moto accepts
 /// any credentials; others come from the `LEASE_TEST_S3_*` variables).
-fn s3_backend(endpoint: &str, bucket: &str) -> Result<lease_objstore::ObjectStoreBackend> {
+pub(crate) fn s3_backend(
+    endpoint: &str,
+    bucket: &str,
+) -> Result<lease_objstore::ObjectStoreBackend> {
     let var = |name: &str, default: &str| {
         crate::env::user_value(name).unwrap_or_else(|| default.to_owned())
     };
@@ -292,6 +197,8 @@ pub(crate) struct Contest {
     /// `--semaphore`: contenders take its permits (slot leases) instead of mutex keys.
     pub(crate) semaphore: Option<Semaphore>,
     pub(crate) resource: FencedResource,
+    /// Grants taken by this process so far: with the pid, a grant's identity in the write log.
+    pub(crate) grants: AtomicU64,
     pub(crate) journal: Mutex<JournalWriter>,
     pub(crate) keys: u32,
     pub(crate) ttl: Duration,
@@ -372,8 +279,13 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
     // write the second time without looking (a process that was paused in between): the fence
     // is what must stop those.
     let careless = rng.below(10) == 0;
+    let writer = Writer {
+        pid,
+        grant: contest.grants.fetch_add(1, Ordering::Relaxed),
+        token,
+    };
     if lease.is_held() {
-        let _ = contest.resource.write(key, token, true).await;
+        let _ = contest.resource.write(key, writer).await;
     }
     // Mostly short; a few across several renewals (rare: waiters queue behind them).
     let hold = match rng.below(500) {
@@ -400,7 +312,7 @@ async fn critical_section(contest: &Contest, lease: Lease, key: &str, pid: u32, 
         }
     }
     if careless || lease.is_held() {
-        let _ = contest.resource.write(key, token, false).await;
+        let _ = contest.resource.write(key, writer).await;
     }
     let now = mono_ns();
     let deadline = instant_ns(lease.deadline());
@@ -481,12 +393,14 @@ pub(crate) fn main(args: WorkerArgs) -> Result<bool> {
         let contest = Arc::new(Contest {
             semaphore: semaphore_for(&locker, args.semaphore)?,
             locker,
-            resource: FencedResource::connect(
-                &args.fence_url,
-                &args.fence_table,
-                args.contenders.min(16),
-            )
-            .await?,
+            resource: fenced_resource(
+                &args.backend,
+                &args.store_url,
+                &args.table,
+                WriteLog::connect(&args.fence_url, &args.fence_table, args.contenders.min(16))
+                    .await?,
+            )?,
+            grants: AtomicU64::new(0),
             journal: Mutex::new(JournalWriter::create(&args.journal)?),
             keys: args.keys,
             ttl,
