@@ -82,8 +82,10 @@ impl LeaseState {
         self.lost.cancel();
     }
 
+    /// Whether [`LeaseState::mark_lost`] was called. Reads the reason (set first, one atomic
+    /// load) rather than the token (a mutex): the renewer asks this of every lease on every sweep.
     pub(crate) fn is_marked_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.reason.get().is_some()
     }
 
     fn lost_reason(&self) -> Option<LostReason> {

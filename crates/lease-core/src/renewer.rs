@@ -51,6 +51,28 @@ struct Entries {
     starting: bool,
     /// A thread fires lost signals because no runtime is left to run the task.
     watching: bool,
+    /// When the renewal task will next look at the schedule on its own, as it computed from the
+    /// entries under this lock; `None` when unknown (no task yet, or one just started). A new
+    /// lease wakes the task only if it is due before then: waking it for every lease made taking
+    /// n leases cost n scans of the whole schedule.
+    wakes_at: Option<Wake>,
+}
+
+/// The renewal task's own next look at the schedule.
+#[derive(Clone, Copy)]
+struct Wake {
+    at: Instant,
+    /// A batch is in flight: until it is answered the task watches deadlines only (it sweeps
+    /// everything again right after the answer).
+    deadlines_only: bool,
+}
+
+/// What one sweep of the schedule found (every lease left is held and not overdue).
+struct Sweep {
+    earliest_deadline: Instant,
+    earliest_renewal: Instant,
+    /// A lease on the regular schedule (not retrying after a failure) is due for renewal.
+    regular_due: bool,
 }
 
 struct Entry {
@@ -81,24 +103,41 @@ impl Renewer {
         let id = entries.next_id;
         entries.next_id += 1;
         let runtime = tokio::runtime::Handle::current();
+        let next_renew = sent + self.shared.options.renew_interval;
+        let deadline = state.deadline();
+        // Wake the task only if this lease is due before the task looks again by itself.
+        let wake = entries.wakes_at.is_none_or(|w| {
+            let due = if w.deadlines_only {
+                deadline
+            } else {
+                deadline.min(next_renew)
+            };
+            due < w.at
+        });
         entries.leases.insert(
             id,
             Entry {
                 state,
                 runtime: runtime.clone(),
-                next_renew: sent + self.shared.options.renew_interval,
+                next_renew,
                 retry: None,
             },
         );
         drop(entries);
         self.shared.ensure_task(&runtime);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         id
     }
 
-    /// Takes a lease off the schedule (it was released or dropped).
+    /// Takes a lease off the schedule (it was released or dropped). Only the last one wakes the
+    /// task, which then ends: with leases left, the task looking at the schedule at the time it
+    /// chose finds nothing due it did not already know of.
     pub(crate) fn remove(&self, id: u64) {
-        if self.shared.lock().leases.remove(&id).is_some() {
+        let mut entries = self.shared.lock();
+        if entries.leases.remove(&id).is_some() && entries.leases.is_empty() {
+            drop(entries);
             self.shared.wake.notify_one();
         }
     }
@@ -114,23 +153,34 @@ impl Shared {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fires the lost signal of every lease whose deadline has passed and drops lost leases.
-    /// Returns the earliest deadline left, if any.
-    fn expire_overdue(&self, entries: &mut Entries) -> Option<Instant> {
+    /// Fires the lost signal of every lease whose deadline has passed and drops lost leases, in
+    /// one pass that also finds the earliest deadline and renewal left (`None`: no lease left).
+    fn expire_overdue(&self, entries: &mut Entries) -> Option<Sweep> {
         let now = Instant::now();
+        let mut sweep: Option<Sweep> = None;
         entries.leases.retain(|_, entry| {
             if entry.state.is_marked_lost() {
                 return false;
             }
-            if now >= entry.state.deadline() {
+            let deadline = entry.state.deadline();
+            if now >= deadline {
                 tracing::warn!(key = %entry.state.key, fencing = %entry.state.fencing,
                     "lease lost: deadline passed without a confirmed renewal");
                 entry.state.mark_lost(LostReason::DeadlineExpired);
                 return false;
             }
+            let regular_due = entry.retry.is_none() && entry.next_renew <= now;
+            let s = sweep.get_or_insert(Sweep {
+                earliest_deadline: deadline,
+                earliest_renewal: entry.next_renew,
+                regular_due,
+            });
+            s.earliest_deadline = s.earliest_deadline.min(deadline);
+            s.earliest_renewal = s.earliest_renewal.min(entry.next_renew);
+            s.regular_due |= regular_due;
             true
         });
-        entries.leases.values().map(|e| e.state.deadline()).min()
+        sweep
     }
 
     /// Starts the renewal task on `runtime` unless one is running (or being started). Returns
@@ -143,6 +193,8 @@ impl Shared {
                 return true;
             }
             entries.starting = true;
+            // The new task sweeps the schedule before it sleeps; until then any lease wakes it.
+            entries.wakes_at = None;
         }
         let task = runtime.spawn(Arc::clone(self).run());
         let mut entries = self.lock();
@@ -170,18 +222,15 @@ impl Shared {
             let now = Instant::now();
             let (batch, next_wake) = {
                 let mut entries = self.lock();
-                let Some(earliest_deadline) = self.expire_overdue(&mut entries) else {
+                let Some(sweep) = self.expire_overdue(&mut entries) else {
                     entries.task = None;
+                    entries.wakes_at = None;
                     guard.ended = true;
                     return;
                 };
-                let next_renew = entries.leases.values().map(|e| e.next_renew).min();
                 let mut batch = Vec::new();
-                if next_renew.is_some_and(|t| t <= now) {
-                    let regular_due = entries
-                        .leases
-                        .values()
-                        .any(|e| e.retry.is_none() && e.next_renew <= now);
+                if sweep.earliest_renewal <= now {
+                    let regular_due = sweep.regular_due;
                     // A regular renewal takes every lease, not only the due ones: renewing early
                     // is harmless, and it keeps all leases of a locker in one batch (one call) per
                     // interval, however scattered their acquisition times. A retry after a failure
@@ -202,7 +251,11 @@ impl Shared {
                             .map(|(id, e)| (*id, Arc::clone(&e.state))),
                     );
                 }
-                let next_wake = next_renew.map_or(earliest_deadline, |t| t.min(earliest_deadline));
+                let next_wake = sweep.earliest_renewal.min(sweep.earliest_deadline);
+                entries.wakes_at = Some(Wake {
+                    at: next_wake,
+                    deadlines_only: !batch.is_empty(),
+                });
                 (batch, next_wake)
             };
             if batch.is_empty() {
@@ -217,19 +270,19 @@ impl Shared {
     }
 
     async fn renew_batch(&self, batch: Vec<(u64, Arc<LeaseState>)>) {
-        let requests: Vec<RenewRequest> = batch
-            .iter()
-            .map(|(_, s)| RenewRequest::new(s.key.clone(), s.holder, self.options.ttl))
-            .collect();
         // Every call is bounded by the remaining lease: no answer after the latest deadline in the
         // batch can help any lease in it. (Bounding by the earliest would let the sickest lease
         // cut the call short for all; a lease whose own deadline passes meanwhile is ended by the
         // watchdog below, and a late answer cannot revive it.)
-        let bound = batch
+        let mut latest_deadline: Option<Instant> = None;
+        let requests: Vec<RenewRequest> = batch
             .iter()
-            .map(|(_, s)| s.deadline())
-            .max()
-            .unwrap_or_else(Instant::now);
+            .map(|(_, s)| {
+                latest_deadline = latest_deadline.max(Some(s.deadline()));
+                RenewRequest::new(s.key.clone(), s.holder, self.options.ttl)
+            })
+            .collect();
+        let bound = latest_deadline.unwrap_or_else(Instant::now);
         let sent = Instant::now();
         let started = std::time::Instant::now();
         // A panicking backend must not kill renewal silently: it ends the batch's leases as lost.
@@ -247,11 +300,18 @@ impl Shared {
         // While the batch is in flight, keep firing lost signals of any lease (in the batch or not,
         // including leases added meanwhile) whose deadline passes.
         let results = loop {
-            let next_deadline = {
+            let watch_until = {
                 let mut entries = self.lock();
-                self.expire_overdue(&mut entries)
+                let until = self
+                    .expire_overdue(&mut entries)
+                    .map_or(bound, |s| s.earliest_deadline);
+                entries.wakes_at = Some(Wake {
+                    at: until,
+                    deadlines_only: true,
+                });
+                until
             };
-            let watchdog = tokio::time::sleep_until(next_deadline.unwrap_or(bound));
+            let watchdog = tokio::time::sleep_until(watch_until);
             tokio::select! {
                 // An answer that is ready at the same instant as a deadline is looked at first,
                 // and judged against that deadline by `LeaseState::extend`.
@@ -402,6 +462,7 @@ impl Shared {
                     None
                 } else {
                     self.expire_overdue(&mut entries)
+                        .map(|s| s.earliest_deadline)
                 };
                 let Some(earliest) = earliest else {
                     entries.watching = false;

@@ -435,6 +435,58 @@ async fn lost_fires_on_time_for_a_lease_added_while_a_batch_is_in_flight() {
     assert!(short.cancellation_token().is_cancelled());
 }
 
+#[tokio::test(start_paused = true)]
+async fn lost_fires_on_time_for_a_lease_added_while_the_renewer_sleeps() {
+    // A renew interval close to the holder window: the renewal task sleeps longer than a short
+    // grant added meanwhile lives, so that grant must wake it.
+    let interval = Duration::from_millis(500);
+    let locker = Locker::builder(Shared(Twisted::new(
+        MemoryBackend::new(),
+        Twist::ShortGrantsOnShortKeys,
+    )))
+    .ttl(TTL)
+    .safety_margin(MARGIN)
+    .max_clock_drift(0.0)
+    .renew_interval(interval)
+    .build()
+    .unwrap();
+    let start = Instant::now();
+    let _long = locker.try_acquire("long").await.unwrap().unwrap();
+    sleep(Duration::from_millis(10)).await;
+    // The task sleeps until the long lease's renewal at +500 ms; the short grant (300 ms) has
+    // its deadline at +250 ms.
+    let short = locker.try_acquire("short").await.unwrap().unwrap();
+    let deadline = short.deadline();
+    assert!(deadline < start + interval);
+    short.lost().await;
+    assert_eq!(
+        Instant::now(),
+        deadline,
+        "lost() fired after the deadline of a lease added while the renewal task slept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_renewal_task_lets_go_of_the_backend_when_the_last_lease_is_released() {
+    let backend = Twisted::new(MemoryBackend::new(), Twist::ShortRenewals(1.0));
+    let locker = locker_on(Shared(Arc::clone(&backend)));
+    let first = locker.try_acquire("a").await.unwrap().unwrap();
+    let second = locker.try_acquire("b").await.unwrap().unwrap();
+    sleep(Duration::from_millis(10)).await;
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    drop(locker);
+    // No time passes: the task must end on the last release, not at its next timer.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        Arc::strong_count(&backend),
+        1,
+        "the renewal task still holds the backend after the last lease was released"
+    );
+}
+
 // --- Renewal batches ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

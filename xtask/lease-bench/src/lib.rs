@@ -59,6 +59,16 @@ pub struct Options {
     /// `LEASE_TEST_*` variables, looked up here before the process environment (a caller that
     /// runs the bench in-process cannot set its own environment safely).
     pub vars: Vec<(String, String)>,
+    /// Bytes live on the heap right now, from a counting global allocator (the `lease-bench`
+    /// binary installs one): the holding measurement then reports the heap held per lease beside
+    /// the resident-set growth. `None`: that column shows "—".
+    pub heap_bytes: Option<fn() -> usize>,
+    /// Which measurements of a row with a `Locker` to run besides its comparisons (which give the
+    /// round-trip floor): any of `handoff`, `crowd`, `holding`; empty: all.
+    pub parts: Vec<String>,
+    /// The renew intervals the 100,000-lease holding measurement runs at (full run only; default
+    /// the realistic one, 10 s: the default TTL of 30 s renewed every TTL / 3).
+    pub large_intervals: Vec<std::time::Duration>,
 }
 
 impl Options {
@@ -69,6 +79,9 @@ impl Options {
             rows: Vec::new(),
             max_held: 100_000,
             vars: Vec::new(),
+            heap_bytes: None,
+            parts: Vec::new(),
+            large_intervals: vec![std::time::Duration::from_secs(10)],
         }
     }
 
@@ -79,6 +92,9 @@ impl Options {
             rows: Vec::new(),
             max_held: 100_000,
             vars: Vec::new(),
+            heap_bytes: None,
+            parts: Vec::new(),
+            large_intervals: vec![std::time::Duration::from_secs(10)],
         }
     }
 
@@ -107,6 +123,11 @@ impl Options {
 
     fn wants(&self, row: &str) -> bool {
         self.rows.is_empty() || self.rows.iter().any(|r| r == row)
+    }
+
+    /// Whether the measurement `part` (`handoff`, `crowd`, `holding`) is to run.
+    pub fn wants_part(&self, part: &str) -> bool {
+        self.parts.is_empty() || self.parts.iter().any(|p| p == part)
     }
 
     /// The sampling plan.

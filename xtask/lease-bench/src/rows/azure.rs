@@ -253,11 +253,15 @@ pub(crate) async fn run(options: &Options, report: &mut Report) {
             (Arc::new(b) as Arc<dyn Backend>, counter)
         }
     };
-    scale::handoff(ROW, options, report, &connect, round_trip).await;
-    if let Some(t) = report.tables.last_mut() {
-        t.note.push_str(
-            " The seed polls every 10 s: its hand-off averages about 5 s (not measured).",
-        );
+    if options.wants_part("handoff") {
+        scale::handoff(ROW, options, report, &connect, round_trip).await;
+        if let Some(t) = report.tables.last_mut() {
+            t.note.push_str(
+                " The seed polls every 10 s: its hand-off averages about 5 s (not measured).",
+            );
+        }
     }
-    scale::crowd(ROW, options, report, &connect).await;
+    if options.wants_part("crowd") {
+        scale::crowd(ROW, options, report, &connect).await;
+    }
 }

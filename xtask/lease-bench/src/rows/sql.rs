@@ -228,9 +228,15 @@ pub(crate) async fn run(row: &str, options: &Options, report: &mut Report) {
             (Arc::new(b) as Arc<dyn Backend>, counter)
         }
     };
-    scale::handoff(row, options, report, &connect_more, floor_p50).await;
-    scale::crowd(row, options, report, &connect_more).await;
-    scale::holding(row, options, report, &connect_more).await;
+    if options.wants_part("handoff") {
+        scale::handoff(row, options, report, &connect_more, floor_p50).await;
+    }
+    if options.wants_part("crowd") {
+        scale::crowd(row, options, report, &connect_more).await;
+    }
+    if options.wants_part("holding") {
+        scale::holding(row, options, report, &connect_more).await;
+    }
 
     for sql in &raw.teardown {
         pool.exec(sql, &[]).await;
