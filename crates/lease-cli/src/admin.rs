@@ -25,10 +25,13 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
             "acquired_at": null,
             "ttl_ms": null,
             "expires_in_ms": null,
+            "reason": null,
         });
     };
     let state = state_name(r.state);
     let held = r.is_held();
+    // An unreadable record's fencing token is a placeholder: shown as null, never as a number.
+    let fencing = (!r.is_unreadable()).then(|| r.fencing.get());
     json!({
         "name": name,
         "store": store,
@@ -36,10 +39,11 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
         "held": held,
         "holder": r.metadata.as_ref().filter(|_| held).map(|m| m.as_str()),
         "holder_token": r.holder.filter(|_| held).map(|t| t.to_string()),
-        "fencing_token": r.fencing.get(),
+        "fencing_token": fencing,
         "acquired_at": r.acquired_at.filter(|_| held).map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "ttl_ms": r.ttl.filter(|_| held).map(|d| d.as_millis() as u64),
         "expires_in_ms": r.expires_in.filter(|_| held).map(|d| d.as_millis() as u64),
+        "reason": r.unreadable.as_deref(),
     })
 }
 
@@ -48,6 +52,7 @@ fn state_name(state: RecordState) -> &'static str {
         RecordState::Held => "held",
         RecordState::Free => "free",
         RecordState::Expired => "expired",
+        RecordState::Unreadable => "unreadable",
         _ => "unknown",
     }
 }
