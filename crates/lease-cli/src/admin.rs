@@ -353,6 +353,7 @@ mod tests {
             "holder",
             "holder_token",
             "name",
+            "reason",
             "state",
             "store",
             "ttl_ms",
@@ -367,7 +368,8 @@ mod tests {
         .with_ttl(Duration::from_secs(30))
         .with_expires_in(Duration::from_millis(2500));
         let free = LeaseRecord::free(LeaseKey::new("k").unwrap(), FencingToken::new(9));
-        for record in [Some(&held), Some(&free), None] {
+        let unreadable = LeaseRecord::unreadable(LeaseKey::new("k").unwrap(), "not a lease");
+        for record in [Some(&held), Some(&free), Some(&unreadable), None] {
             let v = record_json("k", "memory://", record);
             let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
             assert_eq!(keys, fields, "{v}");
@@ -382,6 +384,12 @@ mod tests {
         for string in ["holder", "holder_token"] {
             assert!(v[string].is_string(), "{string}: {v}");
         }
+        assert!(v["reason"].is_null(), "{v}");
+        // Unreadable: the reason, and no fencing token (the record's is a placeholder).
+        let v = record_json("k", "memory://", Some(&unreadable));
+        assert_eq!(v["state"], "unreadable");
+        assert_eq!(v["reason"], "not a lease");
+        assert!(v["fencing_token"].is_null() && v["holder"].is_null(), "{v}");
     }
 
     /// A store that cannot list: the memory backend without its `list`.
