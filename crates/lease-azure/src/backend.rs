@@ -675,7 +675,15 @@ impl Backend for AzureBlobBackend {
                     lease_state: properties.lease_state,
                     last_modified: properties.last_modified.map(SystemTime::from),
                 };
-                records.push(self.record_from(None, &key, &props).await?);
+                // Without a blob client nothing is fetched: the only failure is a fencing
+                // record we cannot decode, reported in its place instead of failing the list.
+                match self.record_from(None, &key, &props).await {
+                    Ok(record) => records.push(record),
+                    Err(e) if e.kind() == lease_core::BackendErrorKind::CorruptRecord => {
+                        records.push(LeaseRecord::unreadable(key, e.message()));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         records.sort_by(|a, b| a.key.cmp(&b.key));

@@ -557,6 +557,48 @@ async fn list_reports_records_under_a_prefix_sorted() {
 }
 
 #[tokio::test]
+async fn list_reports_an_unreadable_fencing_record_beside_the_readable_ones() {
+    let Some(server) = server() else { return };
+    let container = "lease-list-unreadable";
+    let raw = Raw::new(&server.url, &server.key);
+    raw.create_container(container).await;
+    let base = format!("list-{}", random_name());
+    let bad = format!("{base}/bad");
+    raw.put_blob(
+        container,
+        &bad,
+        b"data",
+        &[("leaseformat", "1"), ("leasefencing", "many")],
+    )
+    .await;
+    let locker = Locker::new(backend_in(&server, container));
+    let good = locker
+        .try_acquire(format!("{base}/good"))
+        .await
+        .unwrap()
+        .unwrap();
+    let records = locker
+        .list(&format!("{base}/"))
+        .await
+        .expect("one unreadable blob must not fail the listing");
+    let states: Vec<_> = records.iter().map(|r| (r.key.as_str(), r.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (bad.as_str(), RecordState::Unreadable),
+            (format!("{base}/good").as_str(), RecordState::Held),
+        ]
+    );
+    let why = records[0].unreadable.as_deref().unwrap_or_default();
+    assert!(why.contains("leasefencing"), "says what is wrong: {why}");
+    assert!(records[0].holder.is_none());
+    assert_eq!(records[1].fencing, good.fencing_token());
+    // Listing wrote nothing: the blob is still unleased and anyone may lease it.
+    assert_eq!(raw.acquire_lease(container, &bad, None).await.0, 201);
+    good.release().await.unwrap();
+}
+
+#[tokio::test]
 async fn keys_that_differ_only_in_dot_segments_are_different_blobs() {
     let Some(server) = server() else { return };
     let locker = Locker::new(backend_in(&server, "lease-names"));

@@ -25,10 +25,13 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
             "acquired_at": null,
             "ttl_ms": null,
             "expires_in_ms": null,
+            "reason": null,
         });
     };
     let state = state_name(r.state);
     let held = r.is_held();
+    // An unreadable record's fencing token is a placeholder: shown as null, never as a number.
+    let fencing = (!r.is_unreadable()).then(|| r.fencing.get());
     json!({
         "name": name,
         "store": store,
@@ -36,10 +39,11 @@ pub(crate) fn record_json(name: &str, store: &str, record: Option<&LeaseRecord>)
         "held": held,
         "holder": r.metadata.as_ref().filter(|_| held).map(|m| m.as_str()),
         "holder_token": r.holder.filter(|_| held).map(|t| t.to_string()),
-        "fencing_token": r.fencing.get(),
+        "fencing_token": fencing,
         "acquired_at": r.acquired_at.filter(|_| held).map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "ttl_ms": r.ttl.filter(|_| held).map(|d| d.as_millis() as u64),
         "expires_in_ms": r.expires_in.filter(|_| held).map(|d| d.as_millis() as u64),
+        "reason": r.unreadable.as_deref(),
     })
 }
 
@@ -48,6 +52,7 @@ fn state_name(state: RecordState) -> &'static str {
         RecordState::Held => "held",
         RecordState::Free => "free",
         RecordState::Expired => "expired",
+        RecordState::Unreadable => "unreadable",
         _ => "unknown",
     }
 }
@@ -348,6 +353,7 @@ mod tests {
             "holder",
             "holder_token",
             "name",
+            "reason",
             "state",
             "store",
             "ttl_ms",
@@ -362,7 +368,8 @@ mod tests {
         .with_ttl(Duration::from_secs(30))
         .with_expires_in(Duration::from_millis(2500));
         let free = LeaseRecord::free(LeaseKey::new("k").unwrap(), FencingToken::new(9));
-        for record in [Some(&held), Some(&free), None] {
+        let unreadable = LeaseRecord::unreadable(LeaseKey::new("k").unwrap(), "not a lease");
+        for record in [Some(&held), Some(&free), Some(&unreadable), None] {
             let v = record_json("k", "memory://", record);
             let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
             assert_eq!(keys, fields, "{v}");
@@ -377,6 +384,12 @@ mod tests {
         for string in ["holder", "holder_token"] {
             assert!(v[string].is_string(), "{string}: {v}");
         }
+        assert!(v["reason"].is_null(), "{v}");
+        // Unreadable: the reason, and no fencing token (the record's is a placeholder).
+        let v = record_json("k", "memory://", Some(&unreadable));
+        assert_eq!(v["state"], "unreadable");
+        assert_eq!(v["reason"], "not a lease");
+        assert!(v["fencing_token"].is_null() && v["holder"].is_null(), "{v}");
     }
 
     /// A store that cannot list: the memory backend without its `list`.

@@ -106,6 +106,11 @@ pub(crate) fn describe(record: &LeaseRecord, now: SystemTime) -> String {
             "expired, not yet taken over (last fencing token {})",
             record.fencing
         ),
+        // No fencing token: an unreadable record's is a placeholder.
+        RecordState::Unreadable => format!(
+            "unreadable, treated as taken: {}",
+            record.unreadable.as_deref().unwrap_or("no reason given")
+        ),
         _ => format!(
             "in an unknown state (last fencing token {})",
             record.fencing

@@ -910,6 +910,74 @@ fn list_on_sqlite() {
     );
 }
 
+/// A row the store holds but cannot decode (a negative fencing token) is listed as unreadable,
+/// with its reason and no fencing token, beside the readable leases: it does not fail the list.
+#[test]
+fn list_reports_an_unreadable_row_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let prefix = format!("{}/", unique("unreadable"));
+    let good = format!("{prefix}good");
+    let bad = format!("{prefix}bad");
+    let out = run(lease(dir.path()).args(["--store", &store, "exec", &good, "--", "true"]));
+    assert!(out.status.success(), "{out:?}");
+    // Written behind the library's back, into the table `exec` created.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use lease_sql::sqlx::{self, AssertSqlSafe};
+        let backend = lease_sql::SqliteBackend::connect(&store).await.unwrap();
+        let table = backend.table().as_str();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (name, holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at)
+             VALUES (?, NULL, NULL, -7, NULL, NULL, NULL)"
+        )))
+        .bind(&bad)
+        .execute(backend.pool())
+        .await
+        .unwrap();
+    });
+
+    let text = run(lease(dir.path()).args(["--store", &store, "list", &prefix]));
+    assert!(
+        text.status.success(),
+        "one bad row must not fail the list: {text:?}"
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("{bad}: unreadable, treated as taken: "))
+            && lines[0].contains("negative"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with(&format!("{good}: free")), "{text}");
+
+    let json = run(lease(dir.path()).args(["--store", &store, "list", &prefix, "--json"]));
+    assert!(json.status.success(), "{json:?}");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["name"], bad.as_str());
+    assert_eq!(records[0]["state"], "unreadable");
+    assert_eq!(records[0]["held"], false);
+    assert!(records[0]["fencing_token"].is_null(), "{records:?}");
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("negative")),
+        "{records:?}"
+    );
+    assert_eq!(records[1]["name"], good.as_str());
+    assert_eq!(records[1]["state"], "free");
+    assert!(records[1]["reason"].is_null(), "{records:?}");
+    assert!(records[1]["fencing_token"].as_u64().is_some_and(|t| t > 0));
+
+    // Reading that one key still fails as a corrupt record (exit code 65).
+    let status = run(lease(dir.path()).args(["--store", &store, "status", &bad]));
+    assert_eq!(status.status.code(), Some(65), "{status:?}");
+}
+
 #[test]
 fn list_on_postgres() {
     let Some(url) = server_url("LEASE_TEST_POSTGRES_URL") else {

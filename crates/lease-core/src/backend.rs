@@ -92,6 +92,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Lists the records whose key starts with `prefix` (`""` lists every record), sorted by key.
     ///
+    /// A record that cannot be decoded (a corrupt or foreign lease object, blob, value or row) does
+    /// not fail the listing: it is returned in its place as [`LeaseRecord::unreadable`], with the
+    /// reason. The listing fails whole only when the store itself fails (network, auth, a missing
+    /// table or bucket).
+    ///
     /// [`Locker::list`](crate::Locker::list) checks the prefix (the key character set) before
     /// calling this. A backend may bound how many records one call returns; it says so in its docs.
     /// The default reports [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported).
@@ -362,11 +367,19 @@ pub enum RecordState {
     Free,
     /// The holder's expiry has passed; the next acquire takes it over.
     Expired,
+    /// The stored record could not be decoded (corrupt, foreign, or from an unknown format); only
+    /// [`Backend::list`] reports it, with the reason in [`LeaseRecord::unreadable`].
+    ///
+    /// Nothing is known about it: treat it as taken, never as free. Acquiring its key fails with a
+    /// [`CorruptRecord`](crate::BackendErrorKind::CorruptRecord) error until an administrator
+    /// breaks it.
+    Unreadable,
 }
 
 /// A lease record as stored: who holds the key (if anyone), the last fencing token issued, timing.
 ///
-/// Built by backends with [`LeaseRecord::held`] or [`LeaseRecord::free`] and the `with_*` methods.
+/// Built by backends with [`LeaseRecord::held`] or [`LeaseRecord::free`] and the `with_*` methods,
+/// or [`LeaseRecord::unreadable`] for a record a listing found but could not decode.
 ///
 /// ```
 /// use std::time::Duration;
@@ -383,13 +396,14 @@ pub enum RecordState {
 pub struct LeaseRecord {
     /// The key.
     pub key: LeaseKey,
-    /// Held, free or expired.
+    /// Held, free, expired or unreadable.
     pub state: RecordState,
     /// The holder token of the last grant, when there is one.
     pub holder: Option<HolderToken>,
     /// The holder's metadata, when there is a holder.
     pub metadata: Option<HolderMetadata>,
-    /// The last fencing token issued for the key.
+    /// The last fencing token issued for the key. For an [`RecordState::Unreadable`] record it is
+    /// `FencingToken::new(0)`, a placeholder: the real counter is unknown, never use it.
     pub fencing: FencingToken,
     /// When the current grant was acquired (store's wall clock, for display only).
     pub acquired_at: Option<SystemTime>,
@@ -399,6 +413,9 @@ pub struct LeaseRecord {
     /// How long the current grant had left when the record was read, by the store's clock
     /// (an estimate for display and wake-ups; never used for safety).
     pub expires_in: Option<Duration>,
+    /// Why the record could not be decoded, for a [`RecordState::Unreadable`] record (`None` for
+    /// every other state). Never contains secrets; it may quote a short part of what was stored.
+    pub unreadable: Option<String>,
 }
 
 impl LeaseRecord {
@@ -413,6 +430,7 @@ impl LeaseRecord {
             acquired_at: None,
             ttl: None,
             expires_in: None,
+            unreadable: None,
         }
     }
 
@@ -427,7 +445,42 @@ impl LeaseRecord {
             acquired_at: None,
             ttl: None,
             expires_in: None,
+            unreadable: None,
         }
+    }
+
+    /// A record found under `key` that could not be decoded, and `why` (a
+    /// [`CorruptRecord`](crate::BackendErrorKind::CorruptRecord) error's message, say).
+    ///
+    /// It has no holder, no timing and no trustworthy fencing token: `fencing` is
+    /// `FencingToken::new(0)` and must not be used.
+    ///
+    /// ```
+    /// use lease_core::{FencingToken, LeaseKey, LeaseRecord, RecordState};
+    /// let record = LeaseRecord::unreadable(LeaseKey::new("jobs/x")?, "not a lease document");
+    /// assert_eq!(record.state, RecordState::Unreadable);
+    /// assert_eq!(record.unreadable.as_deref(), Some("not a lease document"));
+    /// assert!(record.holder.is_none() && !record.is_held());
+    /// assert_eq!(record.fencing, FencingToken::new(0));
+    /// # Ok::<(), lease_core::InvalidInput>(())
+    /// ```
+    pub fn unreadable(key: LeaseKey, why: impl Into<String>) -> Self {
+        Self {
+            key,
+            state: RecordState::Unreadable,
+            holder: None,
+            metadata: None,
+            fencing: FencingToken::new(0),
+            acquired_at: None,
+            ttl: None,
+            expires_in: None,
+            unreadable: Some(why.into()),
+        }
+    }
+
+    /// Whether the record could not be decoded ([`RecordState::Unreadable`]): treat it as taken.
+    pub fn is_unreadable(&self) -> bool {
+        self.state == RecordState::Unreadable
     }
 
     /// Sets the state (for example [`RecordState::Expired`]).

@@ -481,6 +481,10 @@ impl Locker {
     /// Lists the records of every key starting with `prefix` (`""` for all), sorted by key,
     /// without acquiring anything: holder, fencing token, state, timing.
     ///
+    /// A record the backend cannot decode is listed in its place with
+    /// [`RecordState::Unreadable`](crate::RecordState::Unreadable) and the reason in
+    /// [`LeaseRecord::unreadable`]; treat it as taken. Only a store failure fails the listing.
+    ///
     /// ```
     /// use lease_core::{Locker, MemoryBackend};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lease_core::Error> {

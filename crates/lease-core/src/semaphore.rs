@@ -293,6 +293,10 @@ impl Semaphore {
     /// [`Semaphore::permits`] held by processes that use a larger count; otherwise each of this
     /// semaphore's slots is read in turn.
     ///
+    /// A slot record that cannot be decoded is listed with
+    /// [`RecordState::Unreadable`](crate::RecordState::Unreadable) (acquiring treats that slot as
+    /// taken); without `list`, reading it fails the call.
+    ///
     /// # Errors
     /// [`Error::Backend`] when the store failed.
     pub async fn inspect(&self) -> Result<Vec<PermitRecord>, Error> {
@@ -365,6 +369,12 @@ impl Semaphore {
                 }
                 let mut held = vec![false; permits as usize];
                 for p in records.iter().filter(|p| p.slot < permits) {
+                    // A slot whose record cannot be read may well be held: it is never tried
+                    // (acquiring it would fail anyway) and counts as taken.
+                    if p.record.state == RecordState::Unreadable {
+                        held[p.slot as usize] = true;
+                        full.held.push(p.slot);
+                    }
                     if p.record.state == RecordState::Held {
                         held[p.slot as usize] = true;
                         full.held.push(p.slot);

@@ -331,7 +331,6 @@ async fn a_corrupt_object_is_a_corrupt_record_and_stays_untouched() {
             .release(&ReleaseRequest::new(k.clone(), holder))
             .await
             .map(|_| ()),
-        backend.list("").await.map(|_| ()),
     ];
     for result in errors {
         let err = result.unwrap_err();
@@ -342,6 +341,31 @@ async fn a_corrupt_object_is_a_corrupt_record_and_stays_untouched() {
         );
     }
     assert!(store.is_unreadable(&k, "random bytes"));
+    assert_eq!(store.calls().updates, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_reports_a_corrupt_object_as_unreadable_beside_the_readable_ones() {
+    let store = InMemoryConditionalStore::new();
+    let backend = ObservedExpiryBackend::new(store.clone());
+    let good = key("jobs/a");
+    let bad = key("jobs/b");
+    let holder = HolderToken::generate();
+    backend
+        .acquire(&acquire_request(&good, holder))
+        .await
+        .unwrap();
+    store.put_unreadable(&bad, "random bytes");
+    let listed = backend.list("jobs/").await.unwrap();
+    let keys: Vec<_> = listed.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["jobs/a", "jobs/b"]);
+    assert!(listed[0].is_held_by(&holder));
+    assert_eq!(listed[1].state, RecordState::Unreadable);
+    assert!(listed[1].holder.is_none());
+    let why = listed[1].unreadable.as_deref().unwrap();
+    assert!(why.contains("jobs/b"), "names the object: {why}");
+    // Listing reports it; it never repairs or overwrites it.
+    assert!(store.is_unreadable(&bad, "random bytes"));
     assert_eq!(store.calls().updates, 0);
 }
 

@@ -341,3 +341,24 @@ async fn bad_permit_counts_and_names_are_typed_errors() {
         "semaphore name"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_slot_counts_as_taken_and_is_never_tried() {
+    use lease_core::RecordState;
+    use lease_core::observed::{InMemoryConditionalStore, ObservedExpiryBackend};
+    let store = InMemoryConditionalStore::new();
+    let locker = Locker::new(ObservedExpiryBackend::new(store.clone()));
+    let pool = Semaphore::new(&locker, "pool", 2).unwrap();
+    store.put_unreadable(pool.slot_key(0).unwrap(), "foreign bytes");
+
+    let permit = pool.try_acquire().await.unwrap().expect("slot 1 is free");
+    assert_eq!(permit.slot(), 1);
+    // Only the unreadable slot is left: full, not an error from trying to acquire it.
+    assert!(pool.try_acquire().await.unwrap().is_none());
+    let seen = pool.inspect().await.unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].record.state, RecordState::Unreadable);
+    assert!(seen[1].record.is_held());
+    assert!(store.is_unreadable(pool.slot_key(0).unwrap(), "foreign bytes"));
+    permit.release().await.unwrap();
+}

@@ -243,6 +243,31 @@ async fn wrong_types_and_foreign_values_are_corrupt_and_left_intact() {
             BackendErrorKind::CorruptRecord
         );
     }
+    // A listing reports each one as unreadable beside a readable lease, instead of failing.
+    let good = request(&LeaseKey::new("good").unwrap(), Duration::from_secs(5));
+    granted(backend.acquire(&good).await.unwrap());
+    let listed = backend
+        .list("")
+        .await
+        .expect("foreign data must not fail the listing");
+    let states: Vec<_> = listed.iter().map(|r| (r.key.as_str(), r.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("a-list", RecordState::Unreadable),
+            ("foreign-string", RecordState::Unreadable),
+            ("good", RecordState::Held),
+            ("hash-counter", RecordState::Unreadable),
+            ("no-expiry", RecordState::Unreadable),
+            ("text-counter", RecordState::Unreadable),
+        ]
+    );
+    assert!(listed[2].is_held_by(&good.holder));
+    for record in listed.iter().filter(|r| r.is_unreadable()) {
+        let why = record.unreadable.as_deref().unwrap_or_default();
+        assert!(why.contains(record.key.as_str()), "names the key: {why}");
+        assert!(record.holder.is_none());
+    }
     // Untouched.
     let list: Vec<String> = conn
         .lrange(backend.lease_key(&list_key), 0, -1)

@@ -332,9 +332,9 @@ impl<D: Dialect> Backend for SqlBackend<D> {
         LeaseKey::check_prefix(prefix).map_err(|e| BackendError::invalid_input(D::NAME, e))?;
         let until = common::prefix_successor(prefix);
         let mut out: Vec<LeaseRecord> = Vec::new();
+        let mut after: Option<String> = None;
         let mut conn = self.conn("list").await?;
         loop {
-            let after = out.last().map(|r| r.key.as_str().to_owned());
             let page = ListPage {
                 from: prefix,
                 until: until.as_deref(),
@@ -347,7 +347,9 @@ impl<D: Dialect> Backend for SqlBackend<D> {
                 .list_page(&mut conn, page, &self.inner.trips)
                 .await?;
             let full = rows.len() as i64 == LIST_PAGE;
-            out.extend(rows);
+            // Skipped rows (names that are not keys) still move the page on.
+            after = rows.last().map(|row| row.name.clone()).or(after);
+            out.extend(rows.into_iter().filter_map(|row| row.record));
             if !full {
                 return Ok(out);
             }

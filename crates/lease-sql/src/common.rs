@@ -4,11 +4,11 @@ use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use lease_core::{
-    BackendError, FencingToken, HolderMetadata, HolderToken, InvalidInput, LeaseKey, LeaseRecord,
-    RecordState,
+    BackendError, BackendErrorKind, FencingToken, HolderMetadata, HolderToken, InvalidInput,
+    LeaseKey, LeaseRecord, RecordState,
 };
 
-use crate::dialect::BatchLease;
+use crate::dialect::{BatchLease, ListedRow};
 
 /// The name of the lease table, validated as a SQL identifier so it can be spliced into
 /// statements: `table` or `schema.table`, each part matching `[A-Za-z_][A-Za-z0-9_]{0,62}`.
@@ -271,22 +271,29 @@ pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
     None
 }
 
-/// A listed row: its name must be a lease key, its columns decodable.
+/// A listed row. A name that is not a lease key is not a lease row: skipped, as the other
+/// backends skip objects whose names are not keys. Columns that cannot be decoded make the row
+/// [`LeaseRecord::unreadable`], so one bad row does not hide the others.
 pub(crate) fn decode_listed(
     backend: &'static str,
     name: String,
-    raw: RawRecord,
-) -> Result<LeaseRecord, BackendError> {
-    let key = LeaseKey::new(name.as_str()).map_err(|_| {
-        BackendError::corrupt_record(
-            backend,
-            format!(
-                "a row is named {}, which is not a lease key",
-                shorten(&name)
-            ),
-        )
-    })?;
-    raw.decode(backend, &key)
+    raw: Result<RawRecord, BackendError>,
+) -> Result<ListedRow, BackendError> {
+    let Ok(key) = LeaseKey::new(name.as_str()) else {
+        tracing::debug!(row = %shorten(&name), "not a lease key; skipped");
+        return Ok(ListedRow { name, record: None });
+    };
+    let record = match raw.and_then(|raw| raw.decode(backend, &key)) {
+        Ok(record) => record,
+        Err(e) if e.kind() == BackendErrorKind::CorruptRecord => {
+            LeaseRecord::unreadable(key, e.message())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ListedRow {
+        name,
+        record: Some(record),
+    })
 }
 
 /// A TTL stored in `ttl_ms`, as returned by an upsert or renewal.

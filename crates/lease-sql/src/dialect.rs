@@ -183,13 +183,14 @@ pub trait Dialect: sealed::Sealed + Send + Sync + Sized + 'static {
     ) -> Result<Option<LeaseRecord>, BackendError>;
 
     /// Up to `limit` rows with `after < name`, `name >= from` and (when given) `name < until`,
-    /// sorted by name in byte order.
+    /// sorted by name in byte order. A row whose columns cannot be decoded is listed as
+    /// [`LeaseRecord::unreadable`]; only a failed query fails the page.
     async fn list_page(
         &self,
         conn: &mut Connection<Self>,
         page: ListPage<'_>,
         trips: &RoundTrips,
-    ) -> Result<Vec<LeaseRecord>, BackendError>;
+    ) -> Result<Vec<ListedRow>, BackendError>;
 
     /// Called when an acquire found the key held, before the row is read back.
     fn contended(&self, pool: &sqlx::Pool<Self::Db>, key: &LeaseKey) {
@@ -221,4 +222,15 @@ pub struct ListPage<'a> {
     pub after: &'a str,
     /// At most this many rows.
     pub limit: i64,
+}
+
+/// One row of a listing page ([`Dialect::list_page`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ListedRow {
+    /// The row's name: the next page starts after it.
+    pub name: String,
+    /// The row's record ([`LeaseRecord::unreadable`] when its columns cannot be decoded), or
+    /// `None` when the name is not a lease key (not a lease row: the listing skips it).
+    pub record: Option<LeaseRecord>,
 }

@@ -15,7 +15,9 @@ use sqlx::{AssertSqlSafe, Connection as _, Row};
 
 use crate::backend::SqlBackend;
 use crate::common::{self, DbClass, FENCING_MAX, RawRecord, base_capabilities};
-use crate::dialect::{AcquireReply, BatchLease, Dialect, ListPage, Renewed, RoundTrips, sealed};
+use crate::dialect::{
+    AcquireReply, BatchLease, Dialect, ListPage, ListedRow, Renewed, RoundTrips, sealed,
+};
 use crate::{SqlOptions, TableName};
 
 const NAME: &str = "mysql";
@@ -462,7 +464,7 @@ impl Dialect for MySqlDialect {
         conn: &mut MySqlConnection,
         page: ListPage<'_>,
         trips: &RoundTrips,
-    ) -> Result<Vec<LeaseRecord>, BackendError> {
+    ) -> Result<Vec<ListedRow>, BackendError> {
         trips.add(1);
         let query = match page.until {
             Some(until) => sqlx::query(AssertSqlSafe(self.list.as_str()))
@@ -481,7 +483,7 @@ impl Dialect for MySqlDialect {
         rows.iter()
             .map(|row| {
                 let name: String = row.try_get(0).map_err(|e| classify("list", e))?;
-                let raw = raw_record(row, 1).map_err(|e| classify("list", e))?;
+                let raw = raw_record(row, 1).map_err(|e| classify("list", e));
                 common::decode_listed(NAME, name, raw)
             })
             .collect()

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::backend::SqlBackend;
 use crate::common::{self, DbClass, FENCING_MAX, RawRecord, base_capabilities, granted_ttl};
-use crate::dialect::{AcquireReply, BatchLease, Dialect, ListPage, Renewed, RoundTrips, sealed};
+use crate::dialect::{
+    AcquireReply, BatchLease, Dialect, ListPage, ListedRow, Renewed, RoundTrips, sealed,
+};
 use crate::{SqlOptions, TableName};
 
 const NAME: &str = "postgres";
@@ -446,7 +448,7 @@ impl Dialect for PostgresDialect {
         conn: &mut PgConnection,
         page: ListPage<'_>,
         trips: &RoundTrips,
-    ) -> Result<Vec<LeaseRecord>, BackendError> {
+    ) -> Result<Vec<ListedRow>, BackendError> {
         trips.add(1);
         let query = match page.until {
             Some(until) => sqlx::query(AssertSqlSafe(self.list.as_str()))
@@ -465,7 +467,7 @@ impl Dialect for PostgresDialect {
         rows.iter()
             .map(|row| {
                 let name: String = row.try_get(0).map_err(|e| classify("list", e))?;
-                let raw = raw_record(row, 1).map_err(|e| classify("list", e))?;
+                let raw = raw_record(row, 1).map_err(|e| classify("list", e));
                 common::decode_listed(NAME, name, raw)
             })
             .collect()

@@ -162,7 +162,8 @@ async fn foreign_rows_are_corrupt_records_not_panics() {
         ('real-fencing', NULL, NULL, 7.5, NULL, NULL, NULL),
         ('negative-fencing', NULL, NULL, -7, NULL, NULL, NULL),
         ('negative-ttl', '{valid}', 'x', 5, -5, 0, {far}),
-        ('exhausted-fencing', NULL, NULL, 9223372036854775807, NULL, NULL, NULL)"
+        ('exhausted-fencing', NULL, NULL, 9223372036854775807, NULL, NULL, NULL),
+        ('not a key!', NULL, NULL, 1, NULL, NULL, NULL)"
     )))
     .execute(backend.pool())
     .await

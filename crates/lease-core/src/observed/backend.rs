@@ -513,7 +513,10 @@ impl<S: ConditionalStore> Backend for ObservedExpiryBackend<S> {
                     let seen_for = self.observe(&key, Some(&version), arrived);
                     records.push(self.record(&key, &lease, seen_for));
                 }
-                ReadOutcome::Corrupt { error, .. } => return Err(error),
+                // One undecodable object does not hide the others: it is reported in its place.
+                ReadOutcome::Corrupt { error, .. } => {
+                    records.push(LeaseRecord::unreadable(key, error.message()));
+                }
             }
         }
         records.sort_by(|a, b| a.key.cmp(&b.key));

@@ -13,7 +13,7 @@ use lease_objstore::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use lease_objstore::observed::ObservationRule;
 use lease_objstore::{
     AcquireOutcome, AcquireRequest, Backend, ErrorKind, HolderMetadata, HolderToken, LeaseKey,
-    Locker, ObjectStoreBackend,
+    Locker, ObjectStoreBackend, RecordState,
 };
 use tokio::time::{Instant, sleep};
 
@@ -149,8 +149,10 @@ pub async fn garbage_objects_are_corrupt_records_and_stay_intact(
         ("ten-mib", vec![b'x'; 10 * 1024 * 1024]),
     ];
     let backend = make();
+    let mut garbage = Vec::new();
     for (name, bytes) in cases {
         let key = LeaseKey::new(random_name(name)).unwrap();
+        garbage.push(key.clone());
         let path: Path = backend.leases().path(&key);
         store
             .put(&path, PutPayload::from(bytes.clone()))
@@ -174,6 +176,39 @@ pub async fn garbage_objects_are_corrupt_records_and_stay_intact(
         let after = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert!(after.as_ref() == bytes.as_slice(), "{name} was changed");
     }
+    // A listing reports each garbage object as unreadable, beside a readable lease, instead of
+    // failing whole.
+    let locker = Locker::builder(make()).ttl(TTL).build().unwrap();
+    let good = locker
+        .try_acquire(random_name("readable"))
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = locker
+        .list("")
+        .await
+        .expect("garbage objects must not fail the listing");
+    assert!(
+        listed.windows(2).all(|w| w[0].key < w[1].key),
+        "not sorted by key"
+    );
+    for key in &garbage {
+        let record = listed
+            .iter()
+            .find(|r| &r.key == key)
+            .unwrap_or_else(|| panic!("{key} is not listed"));
+        assert_eq!(record.state, RecordState::Unreadable, "{key}: {record:?}");
+        assert!(record.holder.is_none());
+        let why = record.unreadable.as_deref().unwrap_or_default();
+        assert!(why.contains(key.as_str()), "names the object: {why}");
+    }
+    let record = listed
+        .iter()
+        .find(|r| &r.key == good.key())
+        .expect("the readable lease is listed");
+    assert!(record.is_held());
+    assert_eq!(record.fencing, good.fencing_token());
+    good.release().await.unwrap();
 }
 
 /// Break is the one operation that may overwrite an unreadable object; its counter restarts above

@@ -336,6 +336,37 @@ pub async fn assert_foreign_rows_are_corrupt(backend: Arc<dyn Backend>, names: &
         let err = locker.try_acquire(name).await.expect_err(name);
         assert_eq!(err.kind(), ErrorKind::CorruptRecord, "{name}: {err}");
     }
+    // A listing reports each bad row as unreadable, in key order beside a readable one, instead
+    // of failing whole.
+    let good = format!("readable-{}", random_suffix());
+    let lease = locker.try_acquire(&good).await.unwrap().expect("free");
+    let listed = backend
+        .list("")
+        .await
+        .expect("one bad row must not fail the listing");
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].key.as_str().as_bytes() < w[1].key.as_str().as_bytes()),
+        "not sorted by key"
+    );
+    for name in names {
+        let record = listed
+            .iter()
+            .find(|r| r.key.as_str() == *name)
+            .unwrap_or_else(|| panic!("{name} is not listed"));
+        assert_eq!(record.state, RecordState::Unreadable, "{name}: {record:?}");
+        assert!(record.holder.is_none(), "{name}");
+        let why = record.unreadable.as_deref().unwrap_or_default();
+        assert!(!why.is_empty(), "{name}: no reason");
+    }
+    let record = listed
+        .iter()
+        .find(|r| r.key.as_str() == good)
+        .expect("the readable row is listed");
+    assert!(record.is_held(), "{record:?}");
+    assert_eq!(record.fencing, lease.fencing_token());
+    lease.release().await.unwrap();
 }
 
 /// The row `name` holds the largest counter a BIGINT can: acquiring it is `CorruptRecord` (the
