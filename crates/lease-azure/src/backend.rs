@@ -677,13 +677,8 @@ impl Backend for AzureBlobBackend {
                 };
                 // Without a blob client nothing is fetched: the only failure is a fencing
                 // record we cannot decode, reported in its place instead of failing the list.
-                match self.record_from(None, &key, &props).await {
-                    Ok(record) => records.push(record),
-                    Err(e) if e.kind() == lease_core::BackendErrorKind::CorruptRecord => {
-                        records.push(LeaseRecord::unreadable(key, e.message()));
-                    }
-                    Err(e) => return Err(e),
-                }
+                let read = self.record_from(None, &key, &props).await;
+                records.push(LeaseRecord::listed(key, read)?);
             }
         }
         records.sort_by(|a, b| a.key.cmp(&b.key));

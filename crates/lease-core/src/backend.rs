@@ -94,8 +94,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     ///
     /// A record that cannot be decoded (a corrupt or foreign lease object, blob, value or row) does
     /// not fail the listing: it is returned in its place as [`LeaseRecord::unreadable`], with the
-    /// reason. The listing fails whole only when the store itself fails (network, auth, a missing
-    /// table or bucket).
+    /// reason ([`LeaseRecord::listed`] makes that choice for one record). The listing fails whole
+    /// only when the store itself fails (network, auth, a missing table or bucket).
     ///
     /// [`Locker::list`](crate::Locker::list) checks the prefix (the key character set) before
     /// calling this. A backend may bound how many records one call returns; it says so in its docs.
@@ -481,6 +481,36 @@ impl LeaseRecord {
     /// Whether the record could not be decoded ([`RecordState::Unreadable`]): treat it as taken.
     pub fn is_unreadable(&self) -> bool {
         self.state == RecordState::Unreadable
+    }
+
+    /// What [`Backend::list`] puts in `key`'s place after reading its record: the record, or
+    /// [`LeaseRecord::unreadable`] with the error's message when the stored record cannot be
+    /// decoded ([`CorruptRecord`](crate::BackendErrorKind::CorruptRecord)). Any other error is the
+    /// store failing, returned to fail the whole listing.
+    ///
+    /// ```
+    /// use lease_core::{BackendError, BackendErrorKind, LeaseKey, LeaseRecord, RecordState};
+    /// let key = LeaseKey::new("jobs/x")?;
+    /// let corrupt = BackendError::new(BackendErrorKind::CorruptRecord, "mine", "not a lease");
+    /// let listed = LeaseRecord::listed(key.clone(), Err(corrupt)).unwrap();
+    /// assert_eq!(listed.state, RecordState::Unreadable);
+    /// let down = BackendError::transient("mine", "connection refused");
+    /// assert!(LeaseRecord::listed(key, Err(down)).is_err());
+    /// # Ok::<(), lease_core::InvalidInput>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `read`'s error when it is not a corrupt record.
+    pub fn listed(
+        key: LeaseKey,
+        read: Result<LeaseRecord, BackendError>,
+    ) -> Result<LeaseRecord, BackendError> {
+        match read {
+            Err(e) if e.kind() == crate::BackendErrorKind::CorruptRecord => {
+                Ok(Self::unreadable(key, e.message()))
+            }
+            read => read,
+        }
     }
 
     /// Sets the state (for example [`RecordState::Expired`]).

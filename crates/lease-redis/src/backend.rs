@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lease_core::{
-    AcquireOutcome, AcquireRequest, Backend, BackendError, BackendErrorKind, Capabilities,
-    ClockModel, Grant, LeaseKey, LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome,
-    RenewRequest,
+    AcquireOutcome, AcquireRequest, Backend, BackendError, Capabilities, ClockModel, Grant,
+    LeaseKey, LeaseRecord, ReleaseOutcome, ReleaseRequest, RenewOutcome, RenewRequest,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, ServerErrorKind, Value};
@@ -493,15 +492,10 @@ impl Backend for RedisBackend {
         }
         let mut out = Vec::with_capacity(names.len());
         for key in names {
-            match self.read(&key).await {
-                Ok(Some(record)) => out.push(record),
-                Ok(None) => {}
-                // One value this library cannot decode (or another type at the key) does not
-                // hide the others: it is reported in its place.
-                Err(e) if e.kind() == BackendErrorKind::CorruptRecord => {
-                    out.push(LeaseRecord::unreadable(key, e.message()));
-                }
-                Err(e) => return Err(e),
+            // One value this library cannot decode (or another type at the key) does not hide
+            // the others: it is reported in its place.
+            if let Some(read) = self.read(&key).await.transpose() {
+                out.push(LeaseRecord::listed(key, read)?);
             }
         }
         Ok(out)

@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use lease_core::{
-    BackendError, BackendErrorKind, FencingToken, HolderMetadata, HolderToken, InvalidInput,
-    LeaseKey, LeaseRecord, RecordState,
+    BackendError, FencingToken, HolderMetadata, HolderToken, InvalidInput, LeaseKey, LeaseRecord,
+    RecordState,
 };
 
 use crate::dialect::{BatchLease, ListedRow};
@@ -283,13 +283,8 @@ pub(crate) fn decode_listed(
         tracing::debug!(row = %shorten(&name), "not a lease key; skipped");
         return Ok(ListedRow { name, record: None });
     };
-    let record = match raw.and_then(|raw| raw.decode(backend, &key)) {
-        Ok(record) => record,
-        Err(e) if e.kind() == BackendErrorKind::CorruptRecord => {
-            LeaseRecord::unreadable(key, e.message())
-        }
-        Err(e) => return Err(e),
-    };
+    let read = raw.and_then(|raw| raw.decode(backend, &key));
+    let record = LeaseRecord::listed(key, read)?;
     Ok(ListedRow {
         name,
         record: Some(record),
