@@ -159,11 +159,17 @@ impl HolderToken {
 }
 
 impl fmt::Display for HolderToken {
+    // Written once into a buffer: a renewer formats one token per lease per interval, and 16
+    // `write!` calls each made this a few percent of the CPU of holding 100,000 leases.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 32];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
-        Ok(())
+        // Only ASCII hex digits were written.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -305,6 +311,12 @@ mod tests {
             assert_eq!(t.to_string().len(), 32);
             assert_eq!(t.to_string().parse::<HolderToken>().unwrap(), *t);
         }
+        let bytes: [u8; 16] =
+            std::array::from_fn(|i| (i as u8).wrapping_mul(17).wrapping_add(0x0f));
+        assert_eq!(
+            HolderToken::from_bytes(bytes).to_string(),
+            "0f2031425364758697a8b9cadbecfd0e"
+        );
         assert!("zz".parse::<HolderToken>().is_err());
         assert!(
             format!("+{}", "f".repeat(31))

@@ -559,33 +559,34 @@ pub(crate) fn distinct_leases(requests: &[lease_core::RenewRequest]) -> Vec<Batc
     out
 }
 
-/// Builds a JSON array of `[name, holder, ttl_ms]` triples (keys and tokens need no escaping,
-/// but escape anyway so the encoding never depends on key validation).
+/// Appends `s` to a JSON string literal being built: quotes, backslashes and control characters
+/// escaped (keys and tokens need no escaping, but the encoding must not depend on key validation).
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
-pub(crate) fn json_batch(leases: &[BatchLease<'_>]) -> String {
-    fn push_str(out: &mut String, s: &str) {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
+pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
         }
-        out.push('"');
     }
+}
+
+/// Builds a JSON array of `[name, holder, ttl_ms]` triples.
+#[cfg(feature = "mysql")]
+pub(crate) fn json_batch(leases: &[BatchLease<'_>]) -> String {
     let mut out = String::with_capacity(leases.len() * 64 + 2);
     out.push('[');
     for (i, lease) in leases.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push('[');
-        push_str(&mut out, lease.key);
-        out.push(',');
-        push_str(&mut out, &lease.holder);
-        out.push(',');
+        out.push_str("[\"");
+        push_json_escaped(&mut out, lease.key);
+        out.push_str("\",\"");
+        push_json_escaped(&mut out, &lease.holder);
+        out.push_str("\",");
         out.push_str(&lease.ttl_ms.to_string());
         out.push(']');
     }

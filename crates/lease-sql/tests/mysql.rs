@@ -529,6 +529,14 @@ async fn duplicate_renewals_report_the_stored_ttl() {
     support::duplicate_renewals_report_the_stored_ttl(Arc::new(backend)).await;
 }
 
+#[tokio::test]
+async fn mixed_batch_renews_each_lease_with_its_own_ttl() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    support::mixed_batch_renews_each_lease_with_its_own_ttl(Arc::new(backend)).await;
+}
+
 /// Inserts rows held by `holder` for an hour, one per key, in one statement.
 async fn insert_held(backend: &MySqlBackend, keys: &[String], holder: HolderToken) {
     let t = backend.table().as_str();

@@ -394,6 +394,14 @@ async fn duplicate_renewals_report_the_stored_ttl() {
     support::duplicate_renewals_report_the_stored_ttl(Arc::new(backend)).await;
 }
 
+#[tokio::test]
+async fn mixed_batch_renews_each_lease_with_its_own_ttl() {
+    let Some(backend) = backend().await else {
+        return;
+    };
+    support::mixed_batch_renews_each_lease_with_its_own_ttl(Arc::new(backend)).await;
+}
+
 /// A server in read-only mode (a primary being demoted during a failover) answers 25006: that is
 /// transient, so the lease lives on until its deadline while the client finds the new primary.
 #[tokio::test]

@@ -231,6 +231,11 @@ async fn duplicate_renewals_report_the_stored_ttl() {
 }
 
 #[tokio::test]
+async fn mixed_batch_renews_each_lease_with_its_own_ttl() {
+    support::mixed_batch_renews_each_lease_with_its_own_ttl(Arc::new(backend().await)).await;
+}
+
+#[tokio::test]
 async fn ten_thousand_leases_renew_with_one_statement_per_interval() {
     let backend = backend().await;
     let counter = backend.clone();

@@ -429,6 +429,95 @@ pub async fn duplicate_renewals_report_the_stored_ttl(backend: Arc<dyn Backend>)
     );
 }
 
+/// One `renew_many` over leases with every key character the library allows (and a key of the
+/// longest length), three different TTLs, one lease released and one taken by another holder:
+/// each live lease is renewed with its own TTL, stored as reported, and the two lost ones are
+/// answered `NotHeld` (which a dialect that first counts the changed rows has to find out).
+pub async fn mixed_batch_renews_each_lease_with_its_own_ttl(backend: Arc<dyn Backend>) {
+    let suffix = random_suffix();
+    let long = format!("mixed-{suffix}-{}", "x".repeat(LeaseKey::MAX_LEN));
+    let names = [
+        format!("mixed-{suffix}/a_b-c.d:e@f"),
+        format!("mixed-{suffix}/UPPER/9"),
+        long[..LeaseKey::MAX_LEN].to_owned(),
+        format!("mixed-{suffix}/released"),
+        format!("mixed-{suffix}/taken"),
+        format!("mixed-{suffix}/@:_-"),
+    ];
+    let ttls = [20, 30, 40, 30, 30, 20].map(Duration::from_secs);
+    let keys: Vec<LeaseKey> = names
+        .iter()
+        .map(|n| LeaseKey::new(n.as_str()).unwrap())
+        .collect();
+    let holders: Vec<HolderToken> = keys.iter().map(|_| HolderToken::generate()).collect();
+    for (key, holder) in keys.iter().zip(&holders) {
+        let request = AcquireRequest::new(
+            key.clone(),
+            *holder,
+            Duration::from_secs(30),
+            lease_sql::HolderMetadata::new("mixed").unwrap(),
+        );
+        let granted = backend.acquire(&request).await;
+        assert!(
+            matches!(granted, Ok(AcquireOutcome::Acquired(_))),
+            "{key}: {granted:?}"
+        );
+    }
+    let released = backend
+        .release(&ReleaseRequest::new(keys[3].clone(), holders[3]))
+        .await;
+    assert!(
+        matches!(released, Ok(ReleaseOutcome::Released)),
+        "{released:?}"
+    );
+    backend.break_lease(&keys[4]).await.unwrap();
+    let thief = AcquireRequest::new(
+        keys[4].clone(),
+        HolderToken::generate(),
+        Duration::from_secs(30),
+        lease_sql::HolderMetadata::new("thief").unwrap(),
+    );
+    assert!(matches!(
+        backend.acquire(&thief).await,
+        Ok(AcquireOutcome::Acquired(_))
+    ));
+    let requests: Vec<RenewRequest> = keys
+        .iter()
+        .zip(&holders)
+        .zip(ttls)
+        .map(|((key, holder), ttl)| RenewRequest::new(key.clone(), *holder, ttl))
+        .collect();
+    let results = backend.renew_many(&requests).await;
+    assert_eq!(results.len(), requests.len());
+    for (i, result) in results.iter().enumerate() {
+        if i == 3 || i == 4 {
+            assert!(
+                matches!(result, Ok(RenewOutcome::NotHeld)),
+                "{}: {result:?}",
+                keys[i]
+            );
+            continue;
+        }
+        match result {
+            Ok(RenewOutcome::Renewed(ttl)) => assert_eq!(*ttl, ttls[i], "{}", keys[i]),
+            other => panic!(
+                "{}: expected Renewed({:?}), got {other:?}",
+                keys[i], ttls[i]
+            ),
+        }
+        let record = backend.inspect(&keys[i]).await.unwrap().unwrap();
+        assert_eq!(record.ttl, Some(ttls[i]), "{record:?}");
+        // Acquired for 30 s: a 20 s or 40 s expiry shows this renewal's TTL was stored.
+        let left = record.expires_in.unwrap();
+        assert!(
+            left <= ttls[i] && left + Duration::from_secs(5) > ttls[i],
+            "{}: stored expiry {left:?} does not follow the TTL {:?}",
+            keys[i],
+            ttls[i]
+        );
+    }
+}
+
 /// `list(prefix)`: every record under the prefix and nothing else, sorted by key in byte order,
 /// across pages (more than 1,000 records), with `_` matched literally (a legal key character,
 /// and a `LIKE` wildcard), and free, held and expired records in their states.
