@@ -279,7 +279,7 @@ impl<D: Dialect> Backend for SqlBackend<D> {
         &self,
         requests: &[RenewRequest],
     ) -> Vec<Result<RenewOutcome, BackendError>> {
-        let leases = common::distinct_leases(requests);
+        let (leases, slots) = common::distinct_leases(requests);
         let renewed = if leases.is_empty() {
             Ok(Default::default())
         } else {
@@ -294,7 +294,7 @@ impl<D: Dialect> Backend for SqlBackend<D> {
             }
         };
         match renewed {
-            Ok(renewed) => common::renew_results(D::NAME, requests, &renewed),
+            Ok(renewed) => common::renew_results(D::NAME, requests, &slots, &renewed),
             Err(e) => requests
                 .iter()
                 .map(|_| Err(BackendError::new(e.kind(), D::NAME, e.message().to_owned())))

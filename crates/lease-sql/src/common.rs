@@ -533,30 +533,59 @@ pub(crate) fn outcome_from_record(
     Ok(AcquireOutcome::Held(Some(Box::new(record))))
 }
 
-/// The distinct leases of a `renew_many` call. A pair asked for twice is renewed once, with the
-/// TTL of its last request, and every request for it reports the TTL that was stored. Requests
-/// with a TTL out of range are left out (and answered with an error by [`renew_results`]).
-pub(crate) fn distinct_leases(requests: &[lease_core::RenewRequest]) -> Vec<BatchLease<'_>> {
+/// The distinct leases of a `renew_many` call, and for each request the index of its lease. A
+/// pair asked for twice is renewed once, with the TTL of its last request, and every request for
+/// it reports the TTL that was stored. Requests with a TTL out of range are left out (`None`, and
+/// answered with an error by [`renew_results`]).
+pub(crate) fn distinct_leases(
+    requests: &[lease_core::RenewRequest],
+) -> (Vec<BatchLease<'_>>, Vec<Option<usize>>) {
     let mut index: std::collections::HashMap<(&str, lease_core::HolderToken), usize> =
         std::collections::HashMap::with_capacity(requests.len());
-    let mut out: Vec<BatchLease<'_>> = Vec::with_capacity(requests.len());
-    for r in requests
-        .iter()
-        .filter(|r| base_capabilities().check_ttl(r.ttl).is_ok())
-    {
-        match index.entry((r.key.as_str(), r.holder)) {
-            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()].ttl_ms = ttl_ms(r.ttl),
+    let mut leases: Vec<BatchLease<'_>> = Vec::with_capacity(requests.len());
+    let mut slots = Vec::with_capacity(requests.len());
+    for r in requests {
+        if base_capabilities().check_ttl(r.ttl).is_err() {
+            slots.push(None);
+            continue;
+        }
+        let slot = match index.entry((r.key.as_str(), r.holder)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                leases[*e.get()].ttl_ms = ttl_ms(r.ttl);
+                *e.get()
+            }
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(out.len());
-                out.push(BatchLease {
+                e.insert(leases.len());
+                leases.push(BatchLease {
                     key: r.key.as_str(),
                     holder: r.holder.to_string(),
                     ttl_ms: ttl_ms(r.ttl),
                 });
+                leases.len() - 1
             }
+        };
+        slots.push(Some(slot));
+    }
+    (leases, slots)
+}
+
+/// [`Renewed`](crate::dialect::Renewed) from the `(name, holder, ttl_ms)` rows a database returned
+/// for the renewed leases of a batch; a row naming no lease of the batch is ignored.
+pub(crate) fn renewed_from_rows<'a, 'k: 'a>(
+    leases: impl ExactSizeIterator<Item = &'a BatchLease<'k>>,
+    rows: impl IntoIterator<Item = (String, String, i64)>,
+) -> crate::dialect::Renewed {
+    let mut renewed = vec![None; leases.len()];
+    let index: std::collections::HashMap<(&str, &str), usize> = leases
+        .enumerate()
+        .map(|(i, l)| ((l.key, l.holder.as_str()), i))
+        .collect();
+    for (name, holder, ttl) in rows {
+        if let Some(&i) = index.get(&(name.as_str(), holder.as_str())) {
+            renewed[i] = Some(ttl);
         }
     }
-    out
+    renewed
 }
 
 /// Appends `s` to a JSON string literal being built: quotes, backslashes and control characters
@@ -594,25 +623,25 @@ pub(crate) fn json_batch(leases: &[BatchLease<'_>]) -> String {
     out
 }
 
-/// Maps per-request renewal results from the `(name, holder)` pairs the database renewed and the
-/// TTL (ms) each now has stored.
+/// Maps per-request renewal results from each request's lease (from [`distinct_leases`]) and
+/// what the database did to that lease.
 pub(crate) fn renew_results(
     backend: &'static str,
     requests: &[lease_core::RenewRequest],
-    renewed: &std::collections::HashMap<(String, String), i64>,
+    slots: &[Option<usize>],
+    renewed: &[Option<i64>],
 ) -> Vec<Result<lease_core::RenewOutcome, BackendError>> {
     requests
         .iter()
-        .map(|r| {
+        .zip(slots)
+        .map(|(r, slot)| {
             checked_ttl(backend, r.ttl)?;
-            Ok(
-                match renewed.get(&(r.key.as_str().to_owned(), r.holder.to_string())) {
-                    Some(&ms) => lease_core::RenewOutcome::Renewed(Duration::from_millis(
-                        u64::try_from(ms).unwrap_or(0),
-                    )),
-                    None => lease_core::RenewOutcome::NotHeld,
-                },
-            )
+            Ok(match slot.and_then(|i| renewed.get(i).copied().flatten()) {
+                Some(ms) => lease_core::RenewOutcome::Renewed(Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                )),
+                None => lease_core::RenewOutcome::NotHeld,
+            })
         })
         .collect()
 }
@@ -650,6 +679,38 @@ mod tests {
         assert_eq!(t.quoted('`'), "`app`.`Leases`");
         assert_eq!(t.schema(), Some("app"));
         assert_eq!(t.table(), "Leases");
+    }
+
+    #[test]
+    fn batch_results_follow_each_requests_lease() {
+        use lease_core::{HolderToken, RenewOutcome, RenewRequest};
+        let key = |k: &str| LeaseKey::new(k).unwrap();
+        let (a, b) = (HolderToken::generate(), HolderToken::generate());
+        let requests = [
+            RenewRequest::new(key("x"), a, Duration::from_secs(10)),
+            RenewRequest::new(key("y"), b, Duration::from_secs(10)),
+            RenewRequest::new(key("x"), a, Duration::from_secs(20)),
+            RenewRequest::new(key("x"), b, Duration::ZERO),
+            RenewRequest::new(key("z"), a, Duration::from_secs(10)),
+        ];
+        let (leases, slots) = distinct_leases(&requests);
+        assert_eq!(slots, [Some(0), Some(1), Some(0), None, Some(2)]);
+        assert_eq!(leases[0].ttl_ms, 20_000, "the last request's TTL");
+        // Rows for x (ours), for y with a stranger's holder, and for a key not asked about.
+        let rows = [
+            ("x".to_owned(), a.to_string(), 20_000),
+            ("y".to_owned(), a.to_string(), 10_000),
+            ("w".to_owned(), b.to_string(), 10_000),
+        ];
+        let renewed = renewed_from_rows(leases.iter(), rows);
+        assert_eq!(renewed, [Some(20_000), None, None]);
+        let results = renew_results("test", &requests, &slots, &renewed);
+        let twenty = Duration::from_secs(20);
+        assert!(matches!(results[0], Ok(RenewOutcome::Renewed(t)) if t == twenty));
+        assert!(matches!(results[1], Ok(RenewOutcome::NotHeld)));
+        assert!(matches!(results[2], Ok(RenewOutcome::Renewed(t)) if t == twenty));
+        assert!(results[3].is_err(), "{:?}", results[3]);
+        assert!(matches!(results[4], Ok(RenewOutcome::NotHeld)));
     }
 
     #[test]

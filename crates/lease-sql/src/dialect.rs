@@ -7,7 +7,6 @@
 //! The trait is sealed: the three dialects live in this crate. A fourth is one file that builds
 //! its statements for a table and runs each as one statement.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -70,8 +69,9 @@ pub struct BatchLease<'a> {
     pub ttl_ms: i64,
 }
 
-/// The renewed `(key, holder)` pairs of a batch, with the TTL (ms) each row now stores.
-pub type Renewed = HashMap<(String, String), i64>;
+/// What a batched renewal did to each lease of the batch, in the batch's order: the TTL (ms) the
+/// row now stores where it was renewed, `None` where it was not.
+pub type Renewed = Vec<Option<i64>>;
 
 /// One SQL dialect: its statements for one table and how to run each.
 ///

@@ -2,7 +2,6 @@
 //! minted fencing token through `LAST_INSERT_ID(expr)` in the same reply; expiry on
 //! `UTC_TIMESTAMP(6)`.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -368,7 +367,7 @@ impl Dialect for MySqlDialect {
         leases: &[BatchLease<'_>],
         trips: &RoundTrips,
     ) -> Result<Renewed, BackendError> {
-        let mut renewed = HashMap::with_capacity(leases.len());
+        let mut renewed = Vec::with_capacity(leases.len());
         for chunk in leases.chunks(RENEW_CHUNK) {
             let batch = common::json_batch(chunk);
             trips.add(1);
@@ -378,11 +377,7 @@ impl Dialect for MySqlDialect {
                 .await
                 .map_err(|e| classify("renew_many", e))?;
             if done.rows_affected() == chunk.len() as u64 {
-                renewed.extend(
-                    chunk
-                        .iter()
-                        .map(|l| ((l.key.to_owned(), l.holder.clone()), l.ttl_ms)),
-                );
+                renewed.extend(chunk.iter().map(|l| Some(l.ttl_ms)));
                 continue;
             }
             // The rows still held by the requested holder after the UPDATE are exactly the
@@ -393,16 +388,17 @@ impl Dialect for MySqlDialect {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| classify("renew_many", e))?;
-            for row in &rows {
-                let pair = (row.try_get(0), row.try_get(1), row.try_get(2));
-                let (Ok(name), Ok(holder), Ok(ttl)) = pair else {
-                    return Err(BackendError::corrupt_record(
+            let rows = rows
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(|_| {
+                    BackendError::corrupt_record(
                         NAME,
                         "renew_many: a renewed row could not be read back",
-                    ));
-                };
-                renewed.insert((name, holder), ttl);
-            }
+                    )
+                })?;
+            renewed.extend(common::renewed_from_rows(chunk.iter(), rows));
         }
         Ok(renewed)
     }

@@ -1,7 +1,6 @@
 //! PostgreSQL: one upsert per acquire on `clock_timestamp()`, batched renewals through `unnest`,
 //! waiters woken by `LISTEN/NOTIFY`.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -387,10 +386,12 @@ impl Dialect for PostgresDialect {
             })
             .await
             .map_err(|e| classify("renew_many", e))?;
-        rows.iter()
-            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-            .collect::<Result<HashMap<_, _>, sqlx::Error>>()
-            .map_err(|e| classify("renew_many", e))
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| classify("renew_many", e))?;
+        Ok(common::renewed_from_rows(leases.iter(), rows))
     }
 
     async fn release(

@@ -1,6 +1,6 @@
 //! SQLite: one upsert per acquire on SQLite's own clock, batched renewals through `json_each`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -36,11 +36,10 @@ const RENEW_CHUNK: usize = 16_384;
 
 /// A renewal batch as a JSON array of strings, each a holder token (always 32 hex digits) followed
 /// by the key: what [`HOLDER_KEYS`] splits.
-fn holder_keys(leases: &[&BatchLease<'_>]) -> String {
-    let key_len = leases.first().map_or(0, |l| l.key.len());
-    let mut out = String::with_capacity(leases.len() * (key_len + 36) + 2);
+fn holder_keys<'a>(leases: impl Iterator<Item = &'a BatchLease<'a>>, count: usize) -> String {
+    let mut out = String::with_capacity(count * 64 + 2);
     out.push('[');
-    for (i, lease) in leases.iter().enumerate() {
+    for (i, lease) in leases.enumerate() {
         debug_assert_eq!(lease.holder.len(), 32, "a holder token is 32 hex digits");
         if i > 0 {
             out.push(',');
@@ -340,17 +339,18 @@ impl Dialect for SqliteDialect {
         leases: &[BatchLease<'_>],
         trips: &RoundTrips,
     ) -> Result<Renewed, BackendError> {
-        let mut by_ttl: BTreeMap<i64, Vec<&BatchLease<'_>>> = BTreeMap::new();
-        for lease in leases {
-            by_ttl.entry(lease.ttl_ms).or_default().push(lease);
+        // Indices into `leases`, grouped by TTL.
+        let mut by_ttl: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, lease) in leases.iter().enumerate() {
+            by_ttl.entry(lease.ttl_ms).or_default().push(i);
         }
-        let mut renewed = HashMap::with_capacity(leases.len());
+        let mut renewed = vec![None; leases.len()];
         for (ttl_ms, mut group) in by_ttl {
             // In key order each chunk walks the primary-key index forwards, a page at a time,
             // instead of jumping about a table larger than SQLite's page cache.
-            group.sort_unstable_by_key(|l| l.key);
+            group.sort_unstable_by_key(|&i| leases[i].key);
             for chunk in group.chunks(RENEW_CHUNK) {
-                let batch = holder_keys(chunk);
+                let batch = holder_keys(chunk.iter().map(|&i| &leases[i]), chunk.len());
                 trips.add(1);
                 let done = sqlx::query(AssertSqlSafe(self.renew_many.as_str()))
                     .bind(&batch)
@@ -359,11 +359,9 @@ impl Dialect for SqliteDialect {
                     .await
                     .map_err(|e| classify("renew_many", e))?;
                 if done.rows_affected() == chunk.len() as u64 {
-                    renewed.extend(
-                        chunk
-                            .iter()
-                            .map(|l| ((l.key.to_owned(), l.holder.clone()), ttl_ms)),
-                    );
+                    for &i in chunk {
+                        renewed[i] = Some(ttl_ms);
+                    }
                     continue;
                 }
                 // The rows still held by the requested holder and not expired after the UPDATE
@@ -375,15 +373,19 @@ impl Dialect for SqliteDialect {
                     .fetch_all(&mut *conn)
                     .await
                     .map_err(|e| classify("renew_many", e))?;
-                for row in &rows {
-                    let pair = (row.try_get(0), row.try_get(1), row.try_get(2));
-                    let (Ok(name), Ok(holder), Ok(ttl)) = pair else {
-                        return Err(BackendError::corrupt_record(
+                let rows = rows
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(|_| {
+                        BackendError::corrupt_record(
                             NAME,
                             "renew_many: a renewed row could not be read back",
-                        ));
-                    };
-                    renewed.insert((name, holder), ttl);
+                        )
+                    })?;
+                let in_chunk = common::renewed_from_rows(chunk.iter().map(|&i| &leases[i]), rows);
+                for (&i, ttl) in chunk.iter().zip(in_chunk) {
+                    renewed[i] = ttl;
                 }
             }
         }
