@@ -157,14 +157,13 @@ fn full_semaphores_are_held_another_count_is_refused_and_status_shows_permits() 
                 .unwrap()
         })
         .collect();
+    let mut holders = holders;
     let mut slots: Vec<String> = (0..2)
         .map(|i| {
-            wait_for_file(
-                &dir.path().join(format!("started-{i}")),
-                Duration::from_secs(20),
-            )
-            .trim()
-            .to_owned()
+            let started = dir.path().join(format!("started-{i}"));
+            wait_while_running(&started, &mut holders, Duration::from_secs(20))
+                .trim()
+                .to_owned()
         })
         .collect();
     slots.sort();
@@ -274,4 +273,26 @@ fn a_bad_permit_count_is_a_usage_error() {
         );
         assert_eq!(stderr_lines(&out).len(), 1, "{:?}", stderr_lines(&out));
     }
+}
+
+/// [`wait_for_file`], but a holder that exits first fails the test at once with what it wrote
+/// to stderr (a holder that could not start says why, instead of a timeout saying nothing).
+fn wait_while_running(path: &std::path::Path, holders: &mut [Child], limit: Duration) -> String {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if path.exists() {
+            return wait_for_file(path, limit.saturating_sub(start.elapsed()));
+        }
+        for child in holders.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    std::io::Read::read_to_string(&mut pipe, &mut stderr).ok();
+                }
+                panic!("a holder exited ({status}) before starting: {stderr}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_file(path, Duration::ZERO)
 }

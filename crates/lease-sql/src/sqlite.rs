@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lease_core::{AcquireRequest, BackendError, Capabilities, LeaseKey, LeaseRecord};
@@ -65,7 +66,8 @@ const READ_COLUMNS: &str = "holder, holder_meta, fencing, ttl_ms, acquired_at, e
 /// under SQLite's single-writer lock.
 ///
 /// URLs: `sqlite://relative/path.db`, `sqlite:///absolute/path.db`, `sqlite::memory:`. The file
-/// is created if missing.
+/// is created if missing; processes opening a new file at the same moment wait for each other (up
+/// to the busy timeout) instead of failing with "database is locked".
 ///
 /// ```
 /// use lease_sql::{Locker, SqliteBackend};
@@ -124,6 +126,14 @@ fn raw_record(row: &SqliteRow, offset: usize) -> Result<RawRecord, sqlx::Error> 
             .and_then(|ms| ms.checked_sub(now_ms))
             .and_then(|ms| ms.checked_mul(1000)),
     })
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i64>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 fn is_in_memory(url: &str) -> bool {
@@ -245,9 +255,21 @@ impl Dialect for SqliteDialect {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        pool.connect_with(connect)
-            .await
-            .map_err(|e| common::connect_error(NAME, url, e, db_class))
+        // Opening a file that another process is creating at the same moment can answer BUSY at
+        // once: the switch to WAL takes a lock for which SQLite does not call the busy handler.
+        // Retried (up to the busy timeout) as a write that finds the lock taken waits for it.
+        let deadline = tokio::time::Instant::now() + options.busy_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match pool.clone().connect_with(connect.clone()).await {
+                Ok(pool) => return Ok(pool),
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(common::connect_error(NAME, url, e, db_class)),
+            }
+        }
     }
 
     async fn execute(

@@ -411,3 +411,26 @@ async fn connect_picks_the_dialect_from_the_url() {
 mod fenced_transactions {
     fenced_tests!(sqlite);
 }
+
+/// Several processes opening a database file that does not exist yet, at once (two `lease exec`
+/// started together): switching the new file to WAL takes a lock the others find busy, and every
+/// open must wait for it, not fail with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_of_a_new_file_all_connect() {
+    for _ in 0..30 {
+        let path = fresh_db();
+        let opens = (0..6).map(|_| {
+            let url = url_of(&path);
+            tokio::spawn(async move {
+                let backend = SqliteBackend::connect(&url).await?;
+                backend.migrate().await?;
+                Ok::<_, lease_sql::Error>(backend)
+            })
+        });
+        for open in futures_util::future::join_all(opens).await {
+            if let Err(e) = open.unwrap() {
+                panic!("a concurrent first open of {} failed: {e}", path.display());
+            }
+        }
+    }
+}
