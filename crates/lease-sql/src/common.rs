@@ -569,6 +569,20 @@ pub(crate) fn distinct_leases(
     (leases, slots)
 }
 
+/// The `(name, holder, ttl_ms)` columns of the rows a batched renewal read back (a value of the
+/// wrong type is a decode error, which [`classify`] calls a corrupt record).
+pub(crate) fn renewed_columns<R>(rows: &[R]) -> Result<Vec<(String, String, i64)>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
 /// [`Renewed`](crate::dialect::Renewed) from the `(name, holder, ttl_ms)` rows a database returned
 /// for the renewed leases of a batch; a row naming no lease of the batch is ignored.
 pub(crate) fn renewed_from_rows<'a, 'k: 'a>(

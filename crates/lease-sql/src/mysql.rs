@@ -388,16 +388,7 @@ impl Dialect for MySqlDialect {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| classify("renew_many", e))?;
-            let rows = rows
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(|_| {
-                    BackendError::corrupt_record(
-                        NAME,
-                        "renew_many: a renewed row could not be read back",
-                    )
-                })?;
+            let rows = common::renewed_columns(&rows).map_err(|e| classify("renew_many", e))?;
             renewed.extend(common::renewed_from_rows(chunk.iter(), rows));
         }
         Ok(renewed)

@@ -386,11 +386,7 @@ impl Dialect for PostgresDialect {
             })
             .await
             .map_err(|e| classify("renew_many", e))?;
-        let rows = rows
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| classify("renew_many", e))?;
+        let rows = common::renewed_columns(&rows).map_err(|e| classify("renew_many", e))?;
         Ok(common::renewed_from_rows(leases.iter(), rows))
     }
 
