@@ -353,7 +353,7 @@ impl Dialect for SqliteDialect {
         Ok(done.rows_affected() == 1)
     }
 
-    /// One UPDATE per TTL and chunk of [`RENEW_CHUNK`] leases, plus one SELECT for a chunk in
+    /// One UPDATE per TTL and chunk of 16,384 leases, plus one SELECT for a chunk in
     /// which some were not renewed, to tell which.
     async fn renew_batch(
         &self,
