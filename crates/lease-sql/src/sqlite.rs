@@ -25,8 +25,6 @@ const NAME: &str = "sqlite";
 /// every use within one statement.
 const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
-/// The columns a read returns: holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at
-/// (Unix ms), now (Unix ms).
 /// A renewal batch (`?1`, from [`holder_keys`]) as rows of `name` and `holder`.
 const HOLDER_KEYS: &str =
     "(SELECT substr(value, 33) AS name, substr(value, 1, 32) AS holder FROM json_each(?1))";
@@ -54,6 +52,8 @@ fn holder_keys<'a>(leases: impl Iterator<Item = &'a BatchLease<'a>>, count: usiz
     out
 }
 
+/// The columns a read returns: holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at
+/// (Unix ms), now (Unix ms).
 const READ_COLUMNS: &str = "holder, holder_meta, fencing, ttl_ms, acquired_at, expires_at";
 
 /// Leases in a SQLite database file, shared safely by every process that opens the same file.
